@@ -1,0 +1,281 @@
+//! The PD's gRPC service and process entry point.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use meridian_proto as pb;
+use meridian_proto::tablet_client::TabletClient;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::placement::choose_replicas;
+use crate::state::{DurableState, Server, StateFile, Tablet, FIRST_USER_TABLE_ID, SYSTEM_GROUP};
+
+/// Replicas per tablet.
+pub const REPLICATION_FACTOR: usize = 3;
+/// A server silent for this long is not chosen for new replicas.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the PD process needs.
+#[derive(Clone, Debug)]
+pub struct PdOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// Why the PD could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PdError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+struct Inner {
+    durable: DurableState,
+    /// group → (term, leader server), from heartbeats.
+    leaders: HashMap<u64, (u64, u64)>,
+    last_seen: HashMap<u64, Instant>,
+}
+
+/// The placement driver service.
+pub struct Pd {
+    file: StateFile,
+    inner: Mutex<Inner>,
+}
+
+fn table_prefix(id: u32) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
+}
+
+impl Pd {
+    /// Loads the PD's state from `data_dir`.
+    pub fn open(data_dir: &std::path::Path) -> Result<Pd, PdError> {
+        std::fs::create_dir_all(data_dir)?;
+        let file = StateFile::new(data_dir);
+        let durable = file.load()?;
+        Ok(Pd { file, inner: Mutex::new(Inner { durable, leaders: HashMap::new(), last_seen: HashMap::new() }) })
+    }
+
+    fn save(&self, state: &DurableState) -> Result<(), Status> {
+        self.file.save(state).map_err(|e| Status::internal(format!("cannot persist PD state: {e}")))
+    }
+
+    fn descriptor(inner: &Inner, t: &Tablet) -> pb::TabletDescriptor {
+        pb::TabletDescriptor {
+            group_id: t.group,
+            start: t.start.clone(),
+            end: t.end.clone(),
+            replicas: t.replicas.clone(),
+            leader_hint: inner.leaders.get(&t.group).map_or(0, |(_, s)| *s),
+        }
+    }
+
+    fn server_info(s: &Server) -> pb::ServerInfo {
+        pb::ServerInfo { id: s.id, zone: s.zone.clone(), addr: s.addr.clone(), pg_addr: s.pg_addr.clone() }
+    }
+
+    /// Places a new tablet over `[start, end)` with id `group`; the caller saves the state.
+    fn place(inner: &mut Inner, group: u64, start: Vec<u8>, end: Vec<u8>) -> Result<Tablet, Status> {
+        let mut load: BTreeMap<u64, usize> = BTreeMap::new();
+        for t in inner.durable.tablets.values() {
+            for r in &t.replicas {
+                *load.entry(*r).or_default() += 1;
+            }
+        }
+        let now = Instant::now();
+        let live: Vec<&Server> = inner
+            .durable
+            .servers
+            .values()
+            .filter(|s| inner.last_seen.get(&s.id).is_some_and(|t| now.duration_since(*t) < LIVENESS_TIMEOUT))
+            .collect();
+        let candidates: Vec<&Server> = if live.len() >= REPLICATION_FACTOR {
+            live
+        } else {
+            inner.durable.servers.values().collect()
+        };
+        let replicas = choose_replicas(&candidates, &load, REPLICATION_FACTOR).ok_or_else(|| {
+            Status::unavailable(format!(
+                "{} servers registered; a tablet needs {REPLICATION_FACTOR}",
+                inner.durable.servers.len()
+            ))
+        })?;
+        Ok(Tablet { group, start, end, replicas })
+    }
+
+    /// Creates the system tablet once enough servers have registered.
+    fn maybe_bootstrap(&self, inner: &mut Inner) -> Result<Option<Tablet>, Status> {
+        if inner.durable.tablets.contains_key(&SYSTEM_GROUP) || inner.durable.servers.len() < REPLICATION_FACTOR {
+            return Ok(None);
+        }
+        let tablet = Self::place(inner, SYSTEM_GROUP, Vec::new(), table_prefix(FIRST_USER_TABLE_ID))?;
+        let mut next = inner.durable.clone();
+        next.tablets.insert(SYSTEM_GROUP, tablet.clone());
+        self.save(&next)?;
+        inner.durable = next;
+        tracing::info!(replicas = ?tablet.replicas, "bootstrapped the system tablet");
+        Ok(Some(tablet))
+    }
+
+    /// Tells each replica's server to create it, best effort: heartbeats repair what this misses.
+    fn push_replicas(&self, tablet: &Tablet) -> Vec<tokio::task::JoinHandle<()>> {
+        let inner = self.inner.lock();
+        let mut tasks = Vec::new();
+        for r in &tablet.replicas {
+            let Some(server) = inner.durable.servers.get(r) else { continue };
+            let addr = server.addr.clone();
+            let desc = pb::ReplicaDescriptor {
+                group_id: tablet.group,
+                start: tablet.start.clone(),
+                end: tablet.end.clone(),
+                replicas: tablet.replicas.clone(),
+            };
+            tasks.push(tokio::spawn(async move {
+                let call = async {
+                    let mut client = TabletClient::connect(format!("http://{addr}")).await.map_err(|e| e.to_string())?;
+                    client.create_replica(desc).await.map_err(|e| e.to_string())?;
+                    Ok::<(), String>(())
+                };
+                match tokio::time::timeout(Duration::from_secs(2), call).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "create replica failed; heartbeat will retry"),
+                    Err(_) => tracing::debug!(%addr, "create replica timed out; heartbeat will retry"),
+                }
+            }));
+        }
+        tasks
+    }
+}
+
+#[tonic::async_trait]
+impl pb::placement_driver_server::PlacementDriver for Pd {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let info = request.into_inner().server.ok_or_else(|| Status::invalid_argument("server is required"))?;
+        if info.id == 0 {
+            return Err(Status::invalid_argument("server id 0 is reserved"));
+        }
+        if info.zone.is_empty() || info.addr.is_empty() {
+            return Err(Status::invalid_argument("zone and addr are required"));
+        }
+        let bootstrapped = {
+            let mut inner = self.inner.lock();
+            let server = Server { id: info.id, zone: info.zone, addr: info.addr, pg_addr: info.pg_addr };
+            if inner.durable.servers.get(&server.id) != Some(&server) {
+                let mut next = inner.durable.clone();
+                next.servers.insert(server.id, server.clone());
+                self.save(&next)?;
+                inner.durable = next;
+            }
+            inner.last_seen.insert(server.id, Instant::now());
+            tracing::info!(server = server.id, zone = %server.zone, addr = %server.addr, "server registered");
+            self.maybe_bootstrap(&mut inner)?
+        };
+        if let Some(t) = bootstrapped {
+            self.push_replicas(&t);
+        }
+        Ok(Response::new(pb::RegisterResponse {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let mut inner = self.inner.lock();
+        if !inner.durable.servers.contains_key(&req.server_id) {
+            return Err(Status::not_found(format!("server {} is not registered", req.server_id)));
+        }
+        inner.last_seen.insert(req.server_id, Instant::now());
+        for r in &req.replicas {
+            if r.is_leader {
+                let known = inner.leaders.get(&r.group_id).map_or(0, |(term, _)| *term);
+                if r.term >= known {
+                    inner.leaders.insert(r.group_id, (r.term, req.server_id));
+                }
+            }
+        }
+        let assigned = inner
+            .durable
+            .tablets
+            .values()
+            .filter(|t| t.replicas.contains(&req.server_id))
+            .map(|t| Self::descriptor(&inner, t))
+            .collect();
+        let servers = inner.durable.servers.values().map(Self::server_info).collect();
+        Ok(Response::new(pb::HeartbeatResponse { assigned, servers }))
+    }
+
+    async fn get_directory(
+        &self,
+        _request: Request<pb::GetDirectoryRequest>,
+    ) -> Result<Response<pb::GetDirectoryResponse>, Status> {
+        let inner = self.inner.lock();
+        let tablets = inner.durable.tablets.values().map(|t| Self::descriptor(&inner, t)).collect();
+        let servers = inner.durable.servers.values().map(Self::server_info).collect();
+        Ok(Response::new(pb::GetDirectoryResponse { tablets, servers }))
+    }
+
+    async fn create_table_range(
+        &self,
+        _request: Request<pb::CreateTableRangeRequest>,
+    ) -> Result<Response<pb::CreateTableRangeResponse>, Status> {
+        let (table_id, tablet, descriptor) = {
+            let mut inner = self.inner.lock();
+            if !inner.durable.tablets.contains_key(&SYSTEM_GROUP) {
+                return Err(Status::unavailable("the cluster is not bootstrapped yet (needs 3 servers)"));
+            }
+            let table_id = inner.durable.next_table_id;
+            let end_id = table_id.checked_add(1).ok_or_else(|| Status::resource_exhausted("table ids exhausted"))?;
+            let group = inner.durable.next_group_id;
+            let tablet = Self::place(&mut inner, group, table_prefix(table_id), table_prefix(end_id))?;
+            let mut next = inner.durable.clone();
+            next.next_table_id = end_id;
+            next.next_group_id = group + 1;
+            next.tablets.insert(group, tablet.clone());
+            self.save(&next)?;
+            inner.durable = next;
+            let descriptor = Self::descriptor(&inner, &tablet);
+            (table_id, tablet, descriptor)
+        };
+        tracing::info!(table_id, group = tablet.group, replicas = ?tablet.replicas, "placed a new table");
+        for task in self.push_replicas(&tablet) {
+            let _ = task.await;
+        }
+        Ok(Response::new(pb::CreateTableRangeResponse { table_id, tablet: Some(descriptor) }))
+    }
+}
+
+/// Runs the PD until `shutdown` becomes true. `bound` learns the address it listens on.
+pub async fn run(
+    opts: PdOptions,
+    mut shutdown: watch::Receiver<bool>,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), PdError> {
+    let pd = Pd::open(&opts.data_dir)?;
+    let listener =
+        TcpListener::bind(opts.listen).await.map_err(|source| PdError::Listen { addr: opts.listen, source })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %opts.data_dir.display(), "placement driver listening");
+    if let Some(b) = bound {
+        let _ = b.send(addr);
+    }
+    tonic::transport::Server::builder()
+        .add_service(pb::placement_driver_server::PlacementDriverServer::new(pd))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await?;
+    tracing::info!("placement driver stopped");
+    Ok(())
+}

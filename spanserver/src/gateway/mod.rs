@@ -1,0 +1,373 @@
+//! The gateway: every spanserver's SQL front end reaches tablets through it.
+//!
+//! It keeps a cache of the placement driver's directory (key range → group → replicas), routes
+//! each request to the group's leader (learning leaders from `NotLeader` hints and from failed
+//! calls), and implements the SQL layer's [`meridian_sql::store::Store`] with
+//! [`txn::GatewayTxn`]: reads go to leaders as they happen, writes are buffered until commit.
+//!
+//! Retry rules, grouped by what is safe:
+//! - reads are always safe to retry, at another replica or after a directory refresh;
+//! - a commit is retried only when it certainly was not proposed (a `NotLeader` or
+//!   `Unavailable` answer, or a connection that was never made); when its outcome is unknown
+//!   the caller gets an "ambiguous result" error instead, so a retry can never apply it twice.
+
+pub mod txn;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_proto as pb;
+use meridian_proto::placement_driver_client::PlacementDriverClient;
+use meridian_proto::tablet_client::TabletClient;
+use meridian_proto::tablet_error::Kind;
+use meridian_sql::store::{Store, StoreError, Transaction};
+use parking_lot::{Mutex, RwLock};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::raft::{GroupId, ServerId};
+
+/// How long a request keeps looking for a leader before giving up.
+pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Timeout of one scan RPC.
+const SCAN_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of one commit RPC (the server itself gives up after its own commit timeout).
+const COMMIT_RPC_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The gateway of one spanserver.
+pub struct Gateway {
+    pd_addrs: Vec<String>,
+    tablets: RwLock<Vec<pb::TabletDescriptor>>,
+    servers: RwLock<HashMap<ServerId, pb::ServerInfo>>,
+    leaders: RwLock<HashMap<GroupId, ServerId>>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// A tablet as routing needs it.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub group: GroupId,
+    pub start: Vec<u8>,
+    /// Empty = unbounded.
+    pub end: Vec<u8>,
+    pub replicas: Vec<ServerId>,
+}
+
+impl Route {
+    fn from_descriptor(t: &pb::TabletDescriptor) -> Route {
+        Route {
+            group: GroupId(t.group_id),
+            start: t.start.clone(),
+            end: t.end.clone(),
+            replicas: t.replicas.iter().map(|r| ServerId(*r)).collect(),
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((20u64 << attempt.min(5)).min(500))
+}
+
+impl Gateway {
+    pub fn new(pd_addrs: Vec<String>) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            pd_addrs,
+            tablets: RwLock::new(Vec::new()),
+            servers: RwLock::new(HashMap::new()),
+            leaders: RwLock::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, StoreError> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| StoreError::Internal(format!("bad address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    async fn pd_client(&self) -> Result<PlacementDriverClient<Channel>, StoreError> {
+        let mut last = String::from("no placement driver address");
+        for addr in &self.pd_addrs {
+            match self.channel(addr) {
+                Ok(c) => return Ok(PlacementDriverClient::new(c)),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(StoreError::Unavailable(last))
+    }
+
+    /// Reloads the directory from the placement driver.
+    pub async fn refresh_directory(&self) -> Result<(), StoreError> {
+        let mut last_error = String::new();
+        for addr in &self.pd_addrs {
+            let mut client = PlacementDriverClient::new(self.channel(addr)?);
+            match client.get_directory(pb::GetDirectoryRequest {}).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    self.install_directory(resp.tablets, resp.servers);
+                    return Ok(());
+                }
+                Err(status) => last_error = status.message().to_string(),
+            }
+        }
+        Err(StoreError::Unavailable(format!("placement driver unreachable: {last_error}")))
+    }
+
+    /// Replaces the cached directory (also fed by the server's heartbeats).
+    pub fn install_directory(&self, mut tablets: Vec<pb::TabletDescriptor>, servers: Vec<pb::ServerInfo>) {
+        tablets.sort_by(|a, b| a.start.cmp(&b.start));
+        {
+            let mut leaders = self.leaders.write();
+            for t in &tablets {
+                if t.leader_hint != 0 {
+                    leaders.entry(GroupId(t.group_id)).or_insert(ServerId(t.leader_hint));
+                }
+            }
+        }
+        *self.tablets.write() = tablets;
+        self.install_servers(servers);
+    }
+
+    /// Adds or updates the addresses of servers.
+    pub fn install_servers(&self, servers: Vec<pb::ServerInfo>) {
+        let mut map = self.servers.write();
+        for s in servers {
+            map.insert(ServerId(s.id), s);
+        }
+    }
+
+    fn cached_route(&self, key: &[u8]) -> Option<Route> {
+        let tablets = self.tablets.read();
+        let idx = tablets.partition_point(|t| t.start.as_slice() <= key);
+        let t = tablets.get(idx.checked_sub(1)?)?;
+        let route = Route::from_descriptor(t);
+        route.contains(key).then_some(route)
+    }
+
+    /// The tablet holding `key`, refreshing the directory if the cache has none.
+    pub async fn route(&self, key: &[u8]) -> Result<Route, StoreError> {
+        if let Some(r) = self.cached_route(key) {
+            return Ok(r);
+        }
+        let deadline = Instant::now() + ROUTE_TIMEOUT;
+        let mut attempt = 0;
+        loop {
+            self.refresh_directory().await.ok();
+            if let Some(r) = self.cached_route(key) {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Unavailable("no tablet holds this key; is the cluster bootstrapped?".into()));
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// The server to try for `route` now.
+    fn target(&self, route: &Route) -> Option<ServerId> {
+        if let Some(l) = self.leaders.read().get(&route.group) {
+            return Some(*l);
+        }
+        route.replicas.first().copied()
+    }
+
+    /// After `failed` did not answer for `route`, try the next replica.
+    fn rotate(&self, route: &Route, failed: ServerId) {
+        let n = route.replicas.len();
+        if n == 0 {
+            return;
+        }
+        let pos = route.replicas.iter().position(|r| *r == failed).unwrap_or(0);
+        self.leaders.write().insert(route.group, route.replicas[(pos + 1) % n]);
+    }
+
+    fn learn_leader(&self, route: &Route, not_leader: &pb::NotLeader, asked: ServerId) {
+        if not_leader.leader_server != 0 && not_leader.leader_server != asked.0 {
+            self.leaders.write().insert(route.group, ServerId(not_leader.leader_server));
+        } else {
+            self.rotate(route, asked);
+        }
+    }
+
+    async fn tablet_client(&self, server: ServerId) -> Result<TabletClient<Channel>, StoreError> {
+        let addr = self.servers.read().get(&server).map(|s| s.addr.clone());
+        let addr = match addr {
+            Some(a) => a,
+            None => {
+                self.refresh_directory().await?;
+                self.servers
+                    .read()
+                    .get(&server)
+                    .map(|s| s.addr.clone())
+                    .ok_or_else(|| StoreError::Unavailable(format!("unknown server {server}")))?
+            }
+        };
+        Ok(TabletClient::new(self.channel(&addr)?))
+    }
+
+    /// Scans `[start, end)` within one tablet at its leader. Retries until a leader answers.
+    pub async fn scan_tablet(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+    ) -> Result<(Route, pb::ScanResponse), StoreError> {
+        let deadline = Instant::now() + ROUTE_TIMEOUT;
+        let mut attempt = 0;
+        loop {
+            let route = self.route(start).await?;
+            let piece_end = clip_end(&route, end);
+            let Some(server) = self.target(&route) else {
+                return Err(StoreError::Internal(format!("tablet {} has no replicas", route.group)));
+            };
+            let mut client = self.tablet_client(server).await?;
+            let mut request = tonic::Request::new(pb::ScanRequest {
+                group_id: route.group.0,
+                start: start.to_vec(),
+                end: piece_end,
+                limit,
+            });
+            request.set_timeout(SCAN_RPC_TIMEOUT);
+            match client.scan(request).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    match resp.error.as_ref().and_then(|e| e.kind.clone()) {
+                        None => {
+                            self.leaders.write().insert(route.group, server);
+                            return Ok((route, resp));
+                        }
+                        Some(Kind::NotLeader(nl)) => self.learn_leader(&route, &nl, server),
+                        Some(Kind::Unavailable(_)) | Some(Kind::ClockUncertain(_)) => {}
+                        Some(Kind::KeyOutOfRange(_)) => {
+                            self.refresh_directory().await.ok();
+                        }
+                        Some(Kind::Conflict(m)) => return Err(StoreError::Retryable(m)),
+                        Some(Kind::Ambiguous(m)) | Some(Kind::Internal(m)) => return Err(StoreError::Internal(m)),
+                    }
+                }
+                Err(status) => {
+                    tracing::debug!(group = route.group.0, server = server.0, %status, "scan failed");
+                    self.rotate(&route, server);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Unavailable(format!("no leader of tablet {} answered", route.group)));
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Commits a single-group transaction at its leader; returns the commit timestamp.
+    pub async fn commit_group(&self, route: &Route, request: pb::CommitRequest) -> Result<u64, StoreError> {
+        let deadline = Instant::now() + ROUTE_TIMEOUT;
+        let mut attempt = 0;
+        loop {
+            let Some(server) = self.target(route) else {
+                return Err(StoreError::Internal(format!("tablet {} has no replicas", route.group)));
+            };
+            let mut client = self.tablet_client(server).await?;
+            let mut rpc = tonic::Request::new(request.clone());
+            rpc.set_timeout(COMMIT_RPC_TIMEOUT);
+            match client.commit(rpc).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    match resp.error.and_then(|e| e.kind) {
+                        None => {
+                            self.leaders.write().insert(route.group, server);
+                            return Ok(resp.commit_ts);
+                        }
+                        Some(Kind::NotLeader(nl)) => self.learn_leader(route, &nl, server),
+                        Some(Kind::Unavailable(_)) => {}
+                        Some(Kind::ClockUncertain(m)) => {
+                            return Err(StoreError::Unavailable(format!("commits paused: {m}")))
+                        }
+                        Some(Kind::Conflict(m)) => return Err(StoreError::Retryable(m)),
+                        Some(Kind::Ambiguous(m)) => {
+                            return Err(StoreError::Unavailable(format!("result is ambiguous: {m}")))
+                        }
+                        Some(Kind::KeyOutOfRange(m)) => {
+                            self.refresh_directory().await.ok();
+                            return Err(StoreError::Retryable(format!("tablet boundaries changed: {m}")));
+                        }
+                        Some(Kind::Internal(m)) => return Err(StoreError::Internal(m)),
+                    }
+                }
+                Err(status) if never_sent(&status) => {
+                    tracing::debug!(group = route.group.0, server = server.0, %status, "commit not sent");
+                    self.rotate(route, server);
+                }
+                Err(status) => {
+                    self.rotate(route, server);
+                    return Err(StoreError::Unavailable(format!(
+                        "result is ambiguous: lost contact with the leader during commit ({})",
+                        status.message()
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Unavailable(format!("no leader of tablet {} answered", route.group)));
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// True when a failed RPC certainly never reached the server (the connection was never made).
+fn never_sent(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && {
+        let text = format!("{status:?}");
+        text.contains("connect") || text.contains("Connection refused")
+    }
+}
+
+/// The end of the part of `[.., end)` that lies in `route` (empty = unbounded).
+pub(crate) fn clip_end(route: &Route, end: &[u8]) -> Vec<u8> {
+    match (route.end.is_empty(), end.is_empty()) {
+        (true, _) => end.to_vec(),
+        (false, true) => route.end.clone(),
+        (false, false) => end.min(route.end.as_slice()).to_vec(),
+    }
+}
+
+/// The SQL layer's view of the cluster.
+pub struct GatewayStore {
+    pub gateway: Arc<Gateway>,
+}
+
+#[async_trait::async_trait]
+impl Store for GatewayStore {
+    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
+        Ok(Box::new(txn::GatewayTxn::new(self.gateway.clone())))
+    }
+
+    async fn create_table_range(&self) -> Result<u32, StoreError> {
+        let mut client = self.gateway.pd_client().await?;
+        let resp = client
+            .create_table_range(pb::CreateTableRangeRequest {})
+            .await
+            .map_err(|s| StoreError::Unavailable(format!("placement driver: {}", s.message())))?
+            .into_inner();
+        if let Some(t) = resp.tablet {
+            let mut tablets = self.gateway.tablets.write().clone();
+            tablets.retain(|x| x.group_id != t.group_id);
+            tablets.push(t);
+            self.gateway.install_directory(tablets, Vec::new());
+        }
+        Ok(resp.table_id)
+    }
+}

@@ -1,0 +1,62 @@
+//! Key layout of the `Raft` and `Meta` column families.
+//!
+//! `Raft` CF, per group (`g` = group id, 8 bytes big-endian):
+//! - `g 0x01 index(8)` → a raft-rs `Entry`, protobuf-encoded;
+//! - `g 0x02` → the group's `HardState`;
+//! - `g 0x03` → the applied index and the largest commit timestamp applied (8 bytes big-endian
+//!   each), written atomically with the applied entries' effects.
+//!
+//! `Meta` CF:
+//! - `0x01 g` → the replica's descriptor (range and peers), one per hosted replica.
+
+use super::GroupId;
+
+const ENTRY: u8 = 0x01;
+const HARD_STATE: u8 = 0x02;
+const APPLIED: u8 = 0x03;
+const REPLICA: u8 = 0x01;
+
+fn group_prefix(group: GroupId, kind: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k.push(kind);
+    k
+}
+
+/// The key of entry `index` in `group`'s log.
+pub fn entry(group: GroupId, index: u64) -> Vec<u8> {
+    let mut k = group_prefix(group, ENTRY);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The first key after every entry of `group`'s log.
+pub fn entries_end(group: GroupId) -> Vec<u8> {
+    group_prefix(group, ENTRY + 1)
+}
+
+pub fn hard_state(group: GroupId) -> Vec<u8> {
+    group_prefix(group, HARD_STATE)
+}
+
+pub fn applied_index(group: GroupId) -> Vec<u8> {
+    group_prefix(group, APPLIED)
+}
+
+/// The key of a hosted replica's descriptor in the `Meta` CF.
+pub fn replica(group: GroupId) -> Vec<u8> {
+    let mut k = vec![REPLICA];
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k
+}
+
+/// The range of every replica descriptor key.
+pub fn replicas_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![REPLICA], vec![REPLICA + 1])
+}
+
+/// Decodes an 8-byte big-endian integer stored by this module.
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    let arr: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_be_bytes(arr))
+}

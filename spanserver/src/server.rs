@@ -1,0 +1,234 @@
+//! A spanserver process: storage, the multi-Raft driver, the gRPC services, the gateway and the
+//! PostgreSQL listener, wired together; plus registration and heartbeats with the placement
+//! driver.
+//!
+//! [`run`] owns every task it starts and returns after `shutdown` fires and they have stopped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_proto as pb;
+use meridian_proto::placement_driver_client::PlacementDriverClient;
+use meridian_truetime::TrueTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::gateway::{Gateway, GatewayStore};
+use crate::raft::driver::{self, DriverConfig, DriverHandle, Event, Registry};
+use crate::raft::transport::Transport;
+use crate::raft::{GroupId, ServerId};
+use crate::service::{RaftService, TabletService};
+use crate::storage::rocks::RocksEngine;
+use crate::storage::engine::Engine;
+use crate::tablet::{KeyRange, ReplicaDescriptor};
+
+/// How often a server heartbeats to the placement driver.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What a spanserver needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// This server's id: unique in the cluster, never reused, never 0.
+    pub id: u64,
+    /// The zone (failure domain) the server runs in.
+    pub zone: String,
+    /// Where RocksDB keeps the server's data.
+    pub data_dir: PathBuf,
+    /// gRPC address (Raft transport and the tablet service).
+    pub listen: SocketAddr,
+    /// PostgreSQL wire-protocol address.
+    pub pg_listen: SocketAddr,
+    /// Placement driver addresses.
+    pub pd: Vec<String>,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid options: {0}")]
+    Options(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Addresses a started server actually listens on.
+#[derive(Clone, Debug)]
+pub struct BoundAddrs {
+    pub grpc: SocketAddr,
+    pub pg: SocketAddr,
+}
+
+/// Runs a spanserver until `shutdown` changes to true. `bound` (if given) learns the addresses
+/// it listens on once it does.
+pub async fn run(
+    opts: ServerOptions,
+    tt: Arc<dyn TrueTime>,
+    mut shutdown: watch::Receiver<bool>,
+    bound: Option<tokio::sync::oneshot::Sender<BoundAddrs>>,
+) -> Result<(), ServerError> {
+    if opts.id == 0 {
+        return Err(ServerError::Options("--id must be at least 1".into()));
+    }
+    if opts.pd.is_empty() {
+        return Err(ServerError::Options("at least one --pd address is needed".into()));
+    }
+    std::fs::create_dir_all(&opts.data_dir)?;
+    let engine: Arc<dyn Engine> = Arc::new(
+        RocksEngine::open(&opts.data_dir.join("db")).map_err(|e| ServerError::Storage(e.to_string()))?,
+    );
+    let grpc_listener =
+        TcpListener::bind(opts.listen).await.map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
+    let pg_listener = TcpListener::bind(opts.pg_listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: opts.pg_listen, source })?;
+    let addrs = BoundAddrs { grpc: grpc_listener.local_addr()?, pg: pg_listener.local_addr()? };
+    let server = ServerId(opts.id);
+    tracing::info!(server = opts.id, zone = %opts.zone, grpc = %addrs.grpc, pg = %addrs.pg, "spanserver starting");
+
+    let transport = Transport::new(server, tokio::runtime::Handle::current());
+    let registry: Registry = Default::default();
+    let (driver, driver_thread) = driver::start(DriverConfig {
+        server,
+        engine: engine.clone(),
+        tt: tt.clone(),
+        transport: transport.clone(),
+        registry: registry.clone(),
+        logger: crate::logging::raft_logger(),
+    })?;
+
+    let gateway = Gateway::new(opts.pd.clone());
+    let tablet_service =
+        TabletService { engine: engine.clone(), tt: tt.clone(), registry: registry.clone(), driver: driver.clone() };
+    let raft_service = RaftService { driver: driver.clone() };
+    let mut grpc_shutdown = shutdown.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(pb::tablet_server::TabletServer::new(tablet_service))
+            .add_service(pb::raft_transport_server::RaftTransportServer::new(raft_service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                let _ = grpc_shutdown.wait_for(|s| *s).await;
+            }),
+    );
+
+    let store = Arc::new(GatewayStore { gateway: gateway.clone() });
+    let mut pg_shutdown = shutdown.clone();
+    let pg = tokio::spawn(async move { let _ = (pg_listener, store); let _ = pg_shutdown.wait_for(|s| *s).await; });
+
+    let info = pb::ServerInfo {
+        id: opts.id,
+        zone: opts.zone.clone(),
+        addr: addrs.grpc.to_string(),
+        pg_addr: addrs.pg.to_string(),
+    };
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        opts.pd.clone(),
+        info,
+        registry.clone(),
+        driver.clone(),
+        transport.clone(),
+        gateway.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(b) = bound {
+        let _ = b.send(addrs);
+    }
+
+    let _ = shutdown.wait_for(|s| *s).await;
+    tracing::info!(server = opts.id, "spanserver shutting down");
+    heartbeats.abort();
+    let _ = pg.await;
+    let _ = grpc.await;
+    driver.send(Event::Shutdown);
+    let _ = tokio::task::spawn_blocking(move || driver_thread.join()).await;
+    tracing::info!(server = opts.id, "spanserver stopped");
+    Ok(())
+}
+
+/// Registers with the placement driver, then heartbeats: reports replicas and leadership, and
+/// creates any replica the placement driver assigned that this server lacks.
+async fn heartbeat_loop(
+    pd: Vec<String>,
+    info: pb::ServerInfo,
+    registry: Registry,
+    driver: DriverHandle,
+    transport: Arc<Transport>,
+    gateway: Arc<Gateway>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut registered = false;
+    let mut pd_index = 0usize;
+    let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if *shutdown.borrow() {
+            return;
+        }
+        let addr = &pd[pd_index % pd.len()];
+        let mut client = match PlacementDriverClient::connect(format!("http://{addr}")).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(pd = %addr, error = %e, "placement driver unreachable");
+                pd_index += 1;
+                registered = false;
+                continue;
+            }
+        };
+        if !registered {
+            match client.register(pb::RegisterRequest { server: Some(info.clone()) }).await {
+                Ok(_) => {
+                    registered = true;
+                    tracing::info!(pd = %addr, "registered with the placement driver");
+                }
+                Err(status) => {
+                    tracing::warn!(pd = %addr, %status, "registration failed");
+                    continue;
+                }
+            }
+        }
+        let replicas: Vec<pb::ReplicaStatus> = registry
+            .read()
+            .iter()
+            .map(|(g, r)| pb::ReplicaStatus {
+                group_id: g.0,
+                is_leader: r.is_leader.load(Ordering::Acquire),
+                term: r.term.load(Ordering::Acquire),
+                applied_index: r.applied_index.load(Ordering::Acquire),
+            })
+            .collect();
+        let resp = match client.heartbeat(pb::HeartbeatRequest { server_id: info.id, replicas }).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                tracing::warn!(pd = %addr, %status, "heartbeat failed");
+                if status.code() == tonic::Code::NotFound {
+                    registered = false;
+                }
+                continue;
+            }
+        };
+        for s in &resp.servers {
+            transport.set_address(ServerId(s.id), s.addr.clone());
+        }
+        gateway.install_servers(resp.servers);
+        for t in resp.assigned {
+            if registry.read().contains_key(&GroupId(t.group_id)) {
+                continue;
+            }
+            let desc = ReplicaDescriptor {
+                group: t.group_id,
+                range: KeyRange { start: t.start, end: t.end },
+                peers: t.replicas,
+            };
+            driver.send(Event::CreateReplica { desc, reply: None });
+        }
+    }
+}

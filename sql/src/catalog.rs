@@ -1,0 +1,179 @@
+//! The catalog: table descriptors stored in the database itself, in system table
+//! [`CATALOG_TABLE_ID`] (keys under `table_prefix(1)`).
+//!
+//! Each table is one catalog row: key `table_prefix(1) ++ PRIMARY_INDEX_ID ++ name` (the name
+//! encoded like a TEXT key column), value a version byte followed by the bincode of its
+//! [`TableDesc`]. Keying by name makes CREATE TABLE's "does the name exist" check a point read,
+//! which optimistic validation makes race-free: two concurrent CREATEs of one name conflict at
+//! commit and the loser, on retry, sees the winner and reports 42P07.
+//!
+//! Every statement reads the descriptors it needs in its own short transaction
+//! ([`read_tables`]) and never inside the user's transaction: the catalog lives in the system
+//! tablet and user rows in per-table tablets, and a transaction spanning tablets cannot commit
+//! until 2PC exists. Nothing is cached across statements, so a DROP or CREATE on another
+//! gateway is seen by the next statement here. The price is that a statement in an explicit
+//! transaction may see a schema newer than the one its earlier statements saw.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::encoding::{encode_key_datum, index_prefix, prefix_end, PRIMARY_INDEX_ID};
+use crate::error::{Result, SqlError};
+use crate::store::{table_prefix, Store, Transaction};
+use crate::types::{DataType, Datum};
+
+/// The system table holding table descriptors.
+pub const CATALOG_TABLE_ID: u32 = 1;
+
+const DESCRIPTOR_VERSION: u8 = 1;
+
+/// A table's schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDesc {
+    /// The table id; its rows live under `table_prefix(id)`.
+    pub id: u32,
+    /// The table's name (lower case unless it was quoted).
+    pub name: String,
+    /// Columns in declaration order (the hidden row id, if any, last).
+    pub columns: Vec<ColumnDesc>,
+    /// Positions in `columns` of the primary key columns, in key order.
+    pub primary_key: Vec<usize>,
+    /// The id the next added column gets; ids are never reused.
+    pub next_column_id: u32,
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDesc {
+    /// Stable id, used in the row encoding.
+    pub id: u32,
+    /// Name (lower case unless quoted).
+    pub name: String,
+    /// Declared type.
+    pub data_type: DataType,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+    /// Hidden columns (the generated row id) are left out of `SELECT *` and INSERT's default
+    /// column list but can be named explicitly.
+    pub hidden: bool,
+}
+
+impl TableDesc {
+    /// The position of the column called `name`.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// Whether column position `index` is part of the primary key.
+    pub fn is_key_column(&self, index: usize) -> bool {
+        self.primary_key.contains(&index)
+    }
+
+    /// The prefix of every key in this table's primary index.
+    pub fn primary_prefix(&self) -> Vec<u8> {
+        index_prefix(self.id, PRIMARY_INDEX_ID)
+    }
+
+    /// The end (exclusive) of this table's primary index.
+    pub fn primary_end(&self) -> Vec<u8> {
+        prefix_end(&self.primary_prefix()).unwrap_or_else(|| table_prefix(self.id + 1))
+    }
+}
+
+/// The catalog key of the table called `name`.
+fn descriptor_key(name: &str) -> Vec<u8> {
+    let mut key = index_prefix(CATALOG_TABLE_ID, PRIMARY_INDEX_ID);
+    // Text never fails to encode.
+    let _ = encode_key_datum(&mut key, &Datum::Text(name.to_string()));
+    key
+}
+
+fn encode_descriptor(desc: &TableDesc) -> Result<Vec<u8>> {
+    let mut out = vec![DESCRIPTOR_VERSION];
+    bincode::serialize_into(&mut out, desc)
+        .map_err(|e| SqlError::Internal(format!("encoding descriptor: {e}")))?;
+    Ok(out)
+}
+
+fn decode_descriptor(bytes: &[u8]) -> Result<TableDesc> {
+    match bytes.split_first() {
+        Some((&DESCRIPTOR_VERSION, rest)) => bincode::deserialize(rest)
+            .map_err(|e| SqlError::Internal(format!("corrupt table descriptor: {e}"))),
+        _ => Err(SqlError::Internal(
+            "unknown table descriptor version".into(),
+        )),
+    }
+}
+
+/// Reads the descriptor of `name` inside `txn`.
+pub async fn get_table(txn: &mut dyn Transaction, name: &str) -> Result<Option<TableDesc>> {
+    match txn.get(&descriptor_key(name)).await? {
+        Some(bytes) => decode_descriptor(&bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Writes a new descriptor inside `txn`; the caller has checked the name is free.
+pub fn put_table(txn: &mut dyn Transaction, desc: &TableDesc) -> Result<()> {
+    txn.put(descriptor_key(&desc.name), encode_descriptor(desc)?);
+    Ok(())
+}
+
+/// Deletes the descriptor of `name` inside `txn`.
+pub fn delete_table(txn: &mut dyn Transaction, name: &str) {
+    txn.delete(descriptor_key(name));
+}
+
+/// All table descriptors, in name order, read inside `txn`.
+pub async fn list_tables(txn: &mut dyn Transaction) -> Result<Vec<TableDesc>> {
+    let start = index_prefix(CATALOG_TABLE_ID, PRIMARY_INDEX_ID);
+    let end = prefix_end(&start).unwrap_or_else(|| table_prefix(CATALOG_TABLE_ID + 1));
+    let mut tables = Vec::new();
+    let mut cursor = start;
+    loop {
+        let page = txn.scan(&cursor, &end, Some(CATALOG_PAGE_SIZE)).await?;
+        let full = page.len() == CATALOG_PAGE_SIZE;
+        for (key, value) in &page {
+            tables.push(decode_descriptor(value)?);
+            cursor = key.clone();
+            cursor.push(0);
+        }
+        if !full {
+            return Ok(tables);
+        }
+    }
+}
+
+const CATALOG_PAGE_SIZE: usize = 1000;
+
+/// Table descriptors a statement needs, looked up by name; `None` marks a name that does not
+/// exist (the binder reports 42P01 if it needs it).
+pub type TableSet = HashMap<String, Option<Arc<TableDesc>>>;
+
+/// Reads the descriptors of `names` in one short read-only transaction of its own (see the
+/// module doc for why it is separate from the user's transaction).
+pub async fn read_tables(store: &dyn Store, names: &[String]) -> Result<TableSet> {
+    let mut tables = TableSet::new();
+    if names.is_empty() {
+        return Ok(tables);
+    }
+    let mut txn = store.begin().await?;
+    let mut result = Ok(());
+    for name in names {
+        match get_table(txn.as_mut(), name).await {
+            Ok(desc) => {
+                tables.insert(name.clone(), desc.map(Arc::new));
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    // Read-only: nothing to commit, and a stale read is harmless because the statement's own
+    // commit does not depend on the catalog's version.
+    txn.rollback().await;
+    result.map(|()| tables)
+}

@@ -1,0 +1,2 @@
+//! placeholder until the SQL crate lands
+pub mod store;

@@ -1,0 +1,158 @@
+//! The `meridian` binary: parses flags and calls the crates. Nothing else lives here.
+//!
+//! - `meridian pd --data-dir DIR --listen HOST:PORT`
+//! - `meridian start --id N --zone ZONE --data-dir DIR --listen HOST:PORT --pg-listen HOST:PORT --pd HOST:PORT[,HOST:PORT…]`
+//! - `meridian demo [--pg-port PORT] [--no-shell]`
+//! - `meridian sql --url postgresql://USER@HOST:PORT/DB [-e STATEMENT]`
+
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use meridian_truetime::{SystemTrueTime, TrueTime};
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Meridian: a Spanner-like, globally distributed SQL database")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a placement driver.
+    Pd {
+        /// Where the placement driver keeps its state.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The gRPC address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Run a spanserver.
+    Start {
+        /// This server's id (unique in the cluster, at least 1, never reused).
+        #[arg(long)]
+        id: u64,
+        /// The zone (failure domain) this server runs in.
+        #[arg(long)]
+        zone: String,
+        /// Where the server keeps its data (RocksDB).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The gRPC address (Raft and tablet traffic).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The PostgreSQL wire-protocol address.
+        #[arg(long)]
+        pg_listen: SocketAddr,
+        /// Placement driver addresses, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        pd: Vec<String>,
+        /// The clock uncertainty bound ε this machine's clock is trusted to keep, in
+        /// milliseconds (until the truetime daemon measures it).
+        #[arg(long, default_value_t = 7)]
+        clock_epsilon_ms: u64,
+    },
+    /// Run a local 3-zone cluster in this process, with a SQL prompt.
+    Demo {
+        /// The PostgreSQL port of the first server (0 picks a free one).
+        #[arg(long, default_value_t = 26257)]
+        pg_port: u16,
+        /// Serve until SIGINT/SIGTERM instead of opening the shell.
+        #[arg(long)]
+        no_shell: bool,
+    },
+    /// Open the interactive SQL shell.
+    Sql {
+        /// The server to connect to.
+        #[arg(long, default_value = "postgresql://root@127.0.0.1:26257/meridian")]
+        url: String,
+        /// Run this statement (or `;`-separated statements) and exit.
+        #[arg(short = 'e', long = "execute")]
+        execute: Option<String>,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// A watch channel that turns true on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meridian: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Pd { data_dir, listen } => {
+                init_tracing("info");
+                let shutdown = shutdown_on_signals();
+                meridian_pd::run(meridian_pd::PdOptions { data_dir, listen }, shutdown, None)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Command::Start { id, zone, data_dir, listen, pg_listen, pd, clock_epsilon_ms } => {
+                init_tracing("info");
+                let shutdown = shutdown_on_signals();
+                let tt: Arc<dyn TrueTime> = Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms)));
+                let opts = meridian_spanserver::server::ServerOptions { id, zone, data_dir, listen, pg_listen, pd };
+                meridian_spanserver::server::run(opts, tt, shutdown, None).await.map_err(|e| e.to_string())
+            }
+            Command::Demo { pg_port, no_shell } => {
+                init_tracing("warn");
+                demo::run(pg_port, no_shell).await
+            }
+            Command::Sql { url, execute } => {
+                meridian_client::shell::run(meridian_client::shell::ShellOptions { url, execute })
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    });
+    // Blocking tasks (a shell's line reader) must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meridian: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
