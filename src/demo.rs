@@ -42,7 +42,8 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
             id,
             zone: zone.to_string(),
             data_dir: dir.path().join(format!("s{id}")),
-            listen: loopback(0),
+            listen: loopback(0).to_string(),
+            advertise: None,
             pg_listen: loopback(if i == 0 { pg_port } else { 0 }),
             pd: vec![pd_addr.to_string()],
         };

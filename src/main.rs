@@ -45,9 +45,12 @@ enum Command {
         /// Where the server keeps its data (RocksDB).
         #[arg(long)]
         data_dir: PathBuf,
-        /// The gRPC address (Raft and tablet traffic).
+        /// The gRPC address (Raft and tablet traffic), HOST:PORT; HOST may be a name.
         #[arg(long)]
-        listen: SocketAddr,
+        listen: String,
+        /// The gRPC address other servers should dial, if not the --listen address.
+        #[arg(long)]
+        advertise: Option<String>,
         /// The PostgreSQL wire-protocol address.
         #[arg(long)]
         pg_listen: SocketAddr,
@@ -128,11 +131,19 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
-            Command::Start { id, zone, data_dir, listen, pg_listen, pd, clock_epsilon_ms } => {
+            Command::Start { id, zone, data_dir, listen, advertise, pg_listen, pd, clock_epsilon_ms } => {
                 init_tracing("info");
                 let shutdown = shutdown_on_signals();
                 let tt: Arc<dyn TrueTime> = Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms)));
-                let opts = meridian_spanserver::server::ServerOptions { id, zone, data_dir, listen, pg_listen, pd };
+                let opts = meridian_spanserver::server::ServerOptions {
+                    id,
+                    zone,
+                    data_dir,
+                    listen,
+                    advertise,
+                    pg_listen,
+                    pd,
+                };
                 meridian_spanserver::server::run(opts, tt, shutdown, None).await.map_err(|e| e.to_string())
             }
             Command::Demo { pg_port, no_shell } => {

@@ -21,13 +21,16 @@ use crate::gateway::{Gateway, GatewayStore};
 use crate::raft::driver::{self, DriverConfig, DriverHandle, Event, Registry};
 use crate::raft::transport::Transport;
 use crate::raft::{GroupId, ServerId};
-use crate::service::{RaftService, TabletService};
+use crate::service::{EngineSlot, RaftService, TabletService};
 use crate::storage::rocks::RocksEngine;
 use crate::storage::engine::Engine;
 use crate::tablet::{KeyRange, ReplicaDescriptor};
 
 /// How often a server heartbeats to the placement driver.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long shutdown waits for in-flight requests before closing connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// What a spanserver needs to start.
 #[derive(Clone, Debug)]
@@ -38,8 +41,12 @@ pub struct ServerOptions {
     pub zone: String,
     /// Where RocksDB keeps the server's data.
     pub data_dir: PathBuf,
-    /// gRPC address (Raft transport and the tablet service).
-    pub listen: SocketAddr,
+    /// gRPC address (Raft transport and the tablet service), `HOST:PORT`; the host may be a
+    /// name. Other servers reach this one at this address unless `advertise` is set.
+    pub listen: String,
+    /// The gRPC address to give other servers, when it differs from `listen` (e.g. listening on
+    /// 0.0.0.0).
+    pub advertise: Option<String>,
     /// PostgreSQL wire-protocol address.
     pub pg_listen: SocketAddr,
     /// Placement driver addresses.
@@ -54,7 +61,7 @@ pub enum ServerError {
     #[error("storage: {0}")]
     Storage(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen { addr: String, source: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -84,11 +91,12 @@ pub async fn run(
     let engine: Arc<dyn Engine> = Arc::new(
         RocksEngine::open(&opts.data_dir.join("db")).map_err(|e| ServerError::Storage(e.to_string()))?,
     );
-    let grpc_listener =
-        TcpListener::bind(opts.listen).await.map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
+    let grpc_listener = TcpListener::bind(opts.listen.as_str())
+        .await
+        .map_err(|source| ServerError::Listen { addr: opts.listen.clone(), source })?;
     let pg_listener = TcpListener::bind(opts.pg_listen)
         .await
-        .map_err(|source| ServerError::Listen { addr: opts.pg_listen, source })?;
+        .map_err(|source| ServerError::Listen { addr: opts.pg_listen.to_string(), source })?;
     let addrs = BoundAddrs { grpc: grpc_listener.local_addr()?, pg: pg_listener.local_addr()? };
     let server = ServerId(opts.id);
     tracing::info!(server = opts.id, zone = %opts.zone, grpc = %addrs.grpc, pg = %addrs.pg, "spanserver starting");
@@ -105,8 +113,9 @@ pub async fn run(
     })?;
 
     let gateway = Gateway::new(opts.pd.clone());
+    let engine_slot = EngineSlot::new(engine.clone());
     let tablet_service =
-        TabletService { engine: engine.clone(), tt: tt.clone(), registry: registry.clone(), driver: driver.clone() };
+        TabletService { engine: engine_slot.clone(), tt: tt.clone(), registry: registry.clone(), driver: driver.clone() };
     let raft_service = RaftService { driver: driver.clone() };
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(
@@ -121,12 +130,14 @@ pub async fn run(
 
     let store = Arc::new(GatewayStore { gateway: gateway.clone() });
     let mut pg_shutdown = shutdown.clone();
-    let pg = tokio::spawn(async move { let _ = (pg_listener, store); let _ = pg_shutdown.wait_for(|s| *s).await; });
+    let pg = tokio::spawn(meridian_sql::serve(pg_listener, store, async move {
+        let _ = pg_shutdown.wait_for(|s| *s).await;
+    }));
 
     let info = pb::ServerInfo {
         id: opts.id,
         zone: opts.zone.clone(),
-        addr: addrs.grpc.to_string(),
+        addr: advertised_addr(&opts, addrs.grpc),
         pg_addr: addrs.pg.to_string(),
     };
     let heartbeats = tokio::spawn(heartbeat_loop(
@@ -145,12 +156,46 @@ pub async fn run(
     let _ = shutdown.wait_for(|s| *s).await;
     tracing::info!(server = opts.id, "spanserver shutting down");
     heartbeats.abort();
-    let _ = pg.await;
-    let _ = grpc.await;
+    // Long-lived streams (peers' Raft transport, idle SQL sessions) would hold a graceful
+    // shutdown open forever: give in-flight requests a moment, then cut the rest.
+    stop_within_grace(pg).await;
+    stop_within_grace(grpc).await;
     driver.send(Event::Shutdown);
     let _ = tokio::task::spawn_blocking(move || driver_thread.join()).await;
+    engine_slot.close();
+    // In-flight reads finish quickly; after them this is the last reference, and dropping it
+    // closes RocksDB.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while Arc::strong_count(&engine) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(engine);
     tracing::info!(server = opts.id, "spanserver stopped");
     Ok(())
+}
+
+/// Waits up to [`SHUTDOWN_GRACE`] for `task`, then aborts it. Awaiting the aborted task waits
+/// until its future (and the engine it holds) is dropped, so the data directory is free when
+/// `run` returns.
+async fn stop_within_grace<T>(mut task: tokio::task::JoinHandle<T>) {
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// The gRPC address other servers should use: `--advertise` if given, else `--listen` as
+/// written (it may be a host name), except that a port of 0 or an unspecified host is replaced by
+/// what was actually bound.
+fn advertised_addr(opts: &ServerOptions, bound: SocketAddr) -> String {
+    if let Some(a) = &opts.advertise {
+        return a.clone();
+    }
+    match opts.listen.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 || a.ip().is_unspecified() => bound.to_string(),
+        Ok(a) => a.to_string(),
+        Err(_) => opts.listen.clone(),
+    }
 }
 
 /// Registers with the placement driver, then heartbeats: reports replicas and leadership, and

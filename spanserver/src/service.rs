@@ -47,9 +47,29 @@ fn commit_error(e: CommitError, group: GroupId) -> Option<pb::TabletError> {
     })
 }
 
+/// The engine as request handlers see it: closed at shutdown so that connection tasks which
+/// outlive the server (a peer's open stream) do not keep the data directory locked.
+#[derive(Clone, Default)]
+pub struct EngineSlot(Arc<parking_lot::RwLock<Option<Arc<dyn Engine>>>>);
+
+impl EngineSlot {
+    pub fn new(engine: Arc<dyn Engine>) -> EngineSlot {
+        EngineSlot(Arc::new(parking_lot::RwLock::new(Some(engine))))
+    }
+
+    pub fn get(&self) -> Option<Arc<dyn Engine>> {
+        self.0.read().clone()
+    }
+
+    /// Drops the slot's reference; later requests find the server shutting down.
+    pub fn close(&self) {
+        self.0.write().take();
+    }
+}
+
 /// The `Tablet` gRPC service.
 pub struct TabletService {
-    pub engine: Arc<dyn Engine>,
+    pub engine: EngineSlot,
     pub tt: Arc<dyn TrueTime>,
     pub registry: Registry,
     pub driver: DriverHandle,
@@ -101,7 +121,9 @@ impl pb::tablet_server::Tablet for TabletService {
             0 => MAX_SCAN_ROWS,
             n => n.min(MAX_SCAN_ROWS),
         };
-        let engine = self.engine.clone();
+        let Some(engine) = self.engine.get() else {
+            return Err(Status::unavailable("server shutting down"));
+        };
         let (start, end) = (req.start, req.end);
         let result =
             tokio::task::spawn_blocking(move || mvcc::scan(engine.as_ref(), &start, &end, observed, limit)).await;

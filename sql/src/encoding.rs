@@ -274,8 +274,8 @@ pub fn decode_row(bytes: &[u8]) -> Result<Vec<(u32, Datum)>> {
                 Datum::Float(f64::from_le_bytes(b))
             }
             TAG_TEXT | TAG_BYTES => {
-                let len = usize::try_from(get_varint(&mut input)?)
-                    .map_err(|_| corrupt("length"))?;
+                let len =
+                    usize::try_from(get_varint(&mut input)?).map_err(|_| corrupt("length"))?;
                 let payload = take(&mut input, len)?.to_vec();
                 if tag == TAG_TEXT {
                     Datum::Text(String::from_utf8(payload).map_err(|_| corrupt("utf-8"))?)

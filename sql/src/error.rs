@@ -42,6 +42,9 @@ pub enum SqlError {
     /// CREATE TABLE of a name that is taken (42P07).
     #[error("relation \"{0}\" already exists")]
     DuplicateTable(String),
+    /// An invalid table definition, such as two primary keys (42P16).
+    #[error("{0}")]
+    InvalidTableDefinition(String),
     /// A column is named twice in a definition or column list (42701).
     #[error("column \"{0}\" specified more than once")]
     DuplicateColumn(String),
@@ -76,7 +79,9 @@ pub enum SqlError {
         table: String,
     },
     /// A NULL in a NOT NULL column (23502).
-    #[error("null value in column \"{column}\" of relation \"{table}\" violates not-null constraint")]
+    #[error(
+        "null value in column \"{column}\" of relation \"{table}\" violates not-null constraint"
+    )]
     NotNullViolation {
         /// The table.
         table: String,
@@ -139,6 +144,7 @@ impl SqlError {
             SqlError::AmbiguousColumn(_) => "42702",
             SqlError::DuplicateTable(_) => "42P07",
             SqlError::DuplicateColumn(_) => "42701",
+            SqlError::InvalidTableDefinition(_) => "42P16",
             SqlError::UndefinedFunction(_) => "42883",
             SqlError::UndefinedParameter(_) => "42704",
             SqlError::Grouping(_) => "42803",

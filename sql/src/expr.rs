@@ -162,8 +162,9 @@ pub enum ScalarExpr {
     },
     /// `||` on strings (result TEXT) or bytea (result BYTEA).
     Concat(Box<ScalarExpr>, Box<ScalarExpr>, DataType),
-    /// `CAST(expr AS ty)` / `expr::ty`.
-    Cast(Box<ScalarExpr>, DataType),
+    /// `CAST(expr AS ty)` / `expr::ty` (explicit), or the conversion of a value assigned to
+    /// a column (assignment: VARCHAR overflow is an error, not a truncation).
+    Cast(Box<ScalarExpr>, DataType, CastKind),
     /// A scalar function call.
     Function(Func, Vec<ScalarExpr>, DataType),
     /// An aggregate call; only exists between binding and the aggregation rewrite, which
@@ -181,7 +182,7 @@ impl ScalarExpr {
             | ScalarExpr::Negate(_, ty)
             | ScalarExpr::Arith(_, _, _, ty)
             | ScalarExpr::Concat(_, _, ty)
-            | ScalarExpr::Cast(_, ty)
+            | ScalarExpr::Cast(_, ty, _)
             | ScalarExpr::Function(_, _, ty) => *ty,
             ScalarExpr::Not(_)
             | ScalarExpr::Compare(..)
@@ -229,7 +230,7 @@ impl ScalarExpr {
             ScalarExpr::Negate(e, _)
             | ScalarExpr::Not(e)
             | ScalarExpr::IsNull(e, _)
-            | ScalarExpr::Cast(e, _) => e.visit(f),
+            | ScalarExpr::Cast(e, _, _) => e.visit(f),
             ScalarExpr::Arith(_, a, b, _)
             | ScalarExpr::Compare(_, a, b)
             | ScalarExpr::And(a, b)
@@ -264,7 +265,7 @@ impl ScalarExpr {
             ScalarExpr::Negate(e, ty) => ScalarExpr::Negate(b(e)?, ty),
             ScalarExpr::Not(e) => ScalarExpr::Not(b(e)?),
             ScalarExpr::IsNull(e, n) => ScalarExpr::IsNull(b(e)?, n),
-            ScalarExpr::Cast(e, ty) => ScalarExpr::Cast(b(e)?, ty),
+            ScalarExpr::Cast(e, ty, kind) => ScalarExpr::Cast(b(e)?, ty, kind),
             ScalarExpr::Arith(op, x, y, ty) => ScalarExpr::Arith(op, b(x)?, b(y)?, ty),
             ScalarExpr::Compare(op, x, y) => ScalarExpr::Compare(op, b(x)?, b(y)?),
             ScalarExpr::And(x, y) => ScalarExpr::And(b(x)?, b(y)?),
@@ -302,7 +303,10 @@ impl ScalarExpr {
                 .cloned()
                 .ok_or_else(|| SqlError::Internal(format!("column {index} out of row"))),
             ScalarExpr::Param { index, .. } => params.get(*index).cloned().ok_or_else(|| {
-                SqlError::ProtocolViolation(format!("no value supplied for parameter ${}", index + 1))
+                SqlError::ProtocolViolation(format!(
+                    "no value supplied for parameter ${}",
+                    index + 1
+                ))
             }),
             ScalarExpr::Negate(e, ty) => match e.eval(row, params)? {
                 Datum::Int(i) => i
@@ -403,7 +407,7 @@ impl ScalarExpr {
                     }
                 }
             }
-            ScalarExpr::Cast(e, to) => cast(e.eval(row, params)?, e.data_type(), *to, CastKind::Explicit),
+            ScalarExpr::Cast(e, to, kind) => cast(e.eval(row, params)?, e.data_type(), *to, *kind),
             ScalarExpr::Function(func, args, ty) => {
                 let values = args
                     .iter()
@@ -488,7 +492,12 @@ fn arith(op: ArithOp, a: Datum, b: Datum, ty: DataType) -> Result<Datum> {
     Ok(Datum::Float(result))
 }
 
-fn call_function(func: Func, values: Vec<Datum>, args: &[ScalarExpr], ty: DataType) -> Result<Datum> {
+fn call_function(
+    func: Func,
+    values: Vec<Datum>,
+    args: &[ScalarExpr],
+    ty: DataType,
+) -> Result<Datum> {
     let first = values.first().cloned().unwrap_or(Datum::Null);
     Ok(match func {
         Func::Coalesce => {
@@ -637,7 +646,10 @@ mod tests {
             arith(ArithOp::Add, int(32767), int(1), DataType::Int2).map_err(|e| e.sqlstate()),
             Err("22003")
         );
-        assert_eq!(arith(ArithOp::Div, int(7), int(-2), DataType::Int4), Ok(int(-3)));
+        assert_eq!(
+            arith(ArithOp::Div, int(7), int(-2), DataType::Int4),
+            Ok(int(-3))
+        );
         assert_eq!(
             arith(ArithOp::Div, int(1), int(0), DataType::Int4).map_err(|e| e.sqlstate()),
             Err("22012")
@@ -646,6 +658,9 @@ mod tests {
             arith(ArithOp::Div, int(i64::MIN), int(-1), DataType::Int8).map_err(|e| e.sqlstate()),
             Err("22003")
         );
-        assert_eq!(arith(ArithOp::Mod, int(i64::MIN), int(-1), DataType::Int8), Ok(int(0)));
+        assert_eq!(
+            arith(ArithOp::Mod, int(i64::MIN), int(-1), DataType::Int8),
+            Ok(int(0))
+        );
     }
 }

@@ -1,2 +1,51 @@
-//! placeholder until the SQL crate lands
+//! Meridian's SQL layer: parse → bind → logical plan → optimizer rules → execute, on top of
+//! the storage traits in [`store`], plus the PostgreSQL wire-protocol front end ([`server`]).
+//!
+//! ## Life of a query
+//!
+//! 1. A client sends SQL over the PostgreSQL wire protocol; [`server::serve`] runs one task per
+//!    connection, each owning a [`session::Session`].
+//! 2. [`session::parse`] parses it with `sqlparser`'s PostgreSQL dialect.
+//! 3. [`session::Session::execute_statement`] handles transaction control, SET/SHOW and DDL
+//!    itself; for a query or DML statement it reads the descriptors of the tables it names in a
+//!    short catalog transaction of its own ([`catalog::read_tables`]).
+//! 4. [`binder::bind_statement`] resolves names and types and builds a logical [`plan::Plan`]
+//!    (scan → filter → aggregate → project → sort → limit, or insert/update/delete over a scan).
+//! 5. [`optimizer::optimize`] pushes the WHERE clause into the scan and derives primary-key
+//!    bounds from it: a point `get`, a bounded `scan`, or the whole table.
+//! 6. [`executor::execute`] runs the plan inside the statement's storage transaction, reading
+//!    in pages; in autocommit mode the session commits and retries conflicts (40001) itself.
+//! 7. The server encodes rows in text or binary per the client's request.
+//!
+//! ## Data layout
+//!
+//! See [`encoding`] for key and row formats and [`catalog`] for how table descriptors are
+//! stored. Each table's rows live in `[table_prefix(id), table_prefix(id + 1))`, one tablet
+//! per table; the catalog is system table 1.
+//!
+//! ## What is deliberately missing
+//!
+//! Joins, subqueries, secondary indexes, NUMERIC/DATE/TIMESTAMP types, DEFAULT, UNIQUE/CHECK
+//! constraints, ALTER TABLE and DDL inside explicit transactions: each is rejected with SQLSTATE
+//! 0A000 naming the feature.
+
+pub mod binder;
+pub mod catalog;
+pub mod encoding;
+pub mod error;
+pub mod executor;
+pub mod expr;
+pub mod memstore;
+pub mod optimizer;
+pub mod plan;
+pub mod server;
+pub mod session;
 pub mod store;
+pub mod types;
+
+pub use error::SqlError;
+pub use memstore::MemStore;
+pub use server::serve;
+
+pub use session::{Session, StatementResult, TransactionStatus};
+pub use types::{DataType, Datum};

@@ -309,7 +309,7 @@ pub fn format_float(v: f64, ty: DataType) -> String {
 fn parse_bytea(text: &str) -> Option<Vec<u8>> {
     if let Some(hex) = text.strip_prefix("\\x") {
         let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return None;
         }
         let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
@@ -340,7 +340,9 @@ fn parse_bytea(text: &str) -> Option<Vec<u8>> {
                 if !octal.iter().all(|c| (b'0'..=b'7').contains(c)) {
                     return None;
                 }
-                let v = octal.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                let v = octal
+                    .iter()
+                    .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
                 out.push(u8::try_from(v).ok()?);
                 i += 4;
             }
@@ -479,7 +481,10 @@ mod tests {
         assert_eq!(format_float(123456.0, DataType::Float8), "123456");
         assert_eq!(format_float(2.5, DataType::Float4), "2.5");
         assert_eq!(format_float(f64::NAN, DataType::Float8), "NaN");
-        assert_eq!(format_float(f64::NEG_INFINITY, DataType::Float8), "-Infinity");
+        assert_eq!(
+            format_float(f64::NEG_INFINITY, DataType::Float8),
+            "-Infinity"
+        );
     }
 
     #[test]
@@ -514,7 +519,11 @@ mod tests {
         )
         .is_err());
         assert_eq!(
-            c(Datum::Text("abcdef".into()), DataType::Text, DataType::Varchar(Some(3))),
+            c(
+                Datum::Text("abcdef".into()),
+                DataType::Text,
+                DataType::Varchar(Some(3))
+            ),
             Ok(Datum::Text("abc".into()))
         );
         assert_eq!(

@@ -46,10 +46,29 @@ use crate::HarnessError;
 pub const LOG_TAIL_LINES: usize = 60;
 /// The environment variable that keeps a cluster's directory after the test (`1` or `true`).
 pub const KEEP_DIR_ENV: &str = "MERIDIAN_KEEP_TEST_DIR";
-/// How long (re)starting the cluster waits for the placement driver's port to accept
-/// connections before it starts the servers anyway. Servers must cope with a late PD; the
-/// wait only makes start-up more predictable.
+/// How long (re)starting the cluster waits, by default, for the placement driver's port to
+/// accept connections before it starts the servers anyway. Servers must cope with a late PD;
+/// the wait only makes start-up more predictable.
 pub const PD_LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to lay out a cluster; [`Cluster::start`] uses the defaults with a server count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// How many spanservers to run (default 3, one per zone).
+    pub servers: usize,
+    /// How long starting the placement driver waits for its port (default
+    /// [`PD_LISTEN_TIMEOUT`]).
+    pub pd_listen_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            servers: 3,
+            pd_listen_timeout: PD_LISTEN_TIMEOUT,
+        }
+    }
+}
 
 /// The placement driver's process and address.
 #[derive(Debug)]
@@ -76,6 +95,7 @@ pub struct Cluster {
     dir: Option<TempDir>,
     pd: PlacementDriver,
     servers: Vec<Server>,
+    pd_listen_timeout: Duration,
     /// Held for the cluster's life; see [`crate::slot`].
     _slot: Slot,
 }
@@ -91,6 +111,22 @@ impl Cluster {
     ///
     /// If `servers` is zero, or the directory, a port or a process cannot be set up.
     pub fn start(bin: &Path, servers: usize) -> Cluster {
+        Cluster::start_with(
+            bin,
+            ClusterOptions {
+                servers,
+                ..ClusterOptions::default()
+            },
+        )
+    }
+
+    /// [`Cluster::start`] with every option chosen.
+    ///
+    /// # Panics
+    ///
+    /// As [`Cluster::start`].
+    pub fn start_with(bin: &Path, options: ClusterOptions) -> Cluster {
+        let servers = options.servers;
         assert!(servers > 0, "a cluster needs at least one server");
         let slot = Slot::acquire();
         let dir = tempfile::Builder::new()
@@ -159,6 +195,7 @@ impl Cluster {
             dir: Some(dir),
             pd,
             servers,
+            pd_listen_timeout: options.pd_listen_timeout,
             _slot: slot,
         };
         cluster.restart_all();
@@ -180,7 +217,11 @@ impl Cluster {
     }
 
     /// Waits until server `index` answers `SHOW TABLES`, within `timeout`.
-    pub async fn wait_server_ready(&self, index: usize, timeout: Duration) -> Result<(), HarnessError> {
+    pub async fn wait_server_ready(
+        &self,
+        index: usize,
+        timeout: Duration,
+    ) -> Result<(), HarnessError> {
         let deadline = tokio::time::Instant::now() + timeout;
         self.wait_server(index, deadline, timeout).await
     }
@@ -293,10 +334,11 @@ impl Cluster {
     }
 
     /// Starts the placement driver again on its old port and data directory (killing it first
-    /// if it is still running), and waits up to [`PD_LISTEN_TIMEOUT`] for its port to open.
+    /// if it is still running), and waits up to [`ClusterOptions::pd_listen_timeout`] for its
+    /// port to open.
     pub fn restart_pd(&self) {
         self.pd.process.start();
-        wait_listening(&self.pd.process, self.pd.listen, PD_LISTEN_TIMEOUT);
+        wait_listening(&self.pd.process, self.pd.listen, self.pd_listen_timeout);
     }
 
     /// SIGKILLs every server and the placement driver.
@@ -348,7 +390,10 @@ impl Drop for Cluster {
         }
         if let Some(dir) = self.dir.take() {
             if keep_dir_requested() {
-                eprintln!("{KEEP_DIR_ENV} is set: kept cluster directory {}", dir.keep().display());
+                eprintln!(
+                    "{KEEP_DIR_ENV} is set: kept cluster directory {}",
+                    dir.keep().display()
+                );
             } else if std::thread::panicking() {
                 eprintln!("set {KEEP_DIR_ENV}=1 to keep the cluster directory and its logs");
             }
@@ -358,7 +403,8 @@ impl Drop for Cluster {
 
 /// Whether `MERIDIAN_KEEP_TEST_DIR` asks to keep test directories.
 pub(crate) fn keep_dir_requested() -> bool {
-    std::env::var(KEEP_DIR_ENV).is_ok_and(|value| value == "1" || value.eq_ignore_ascii_case("true"))
+    std::env::var(KEEP_DIR_ENV)
+        .is_ok_and(|value| value == "1" || value.eq_ignore_ascii_case("true"))
 }
 
 /// The error for a process that exited on its own, if it has.

@@ -86,9 +86,9 @@ impl Demo {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
         configure_environment(&mut command);
-        let mut child = command.spawn().unwrap_or_else(|error| {
-            panic!("cannot start {} demo: {error}", bin.display())
-        });
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {} demo: {error}", bin.display()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         if let Some(pipe) = child.stdout.take() {
             let lines = Arc::clone(&stdout);
@@ -137,7 +137,10 @@ impl Demo {
 
     /// Every line the demo has printed to stdout so far.
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.stdout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits until the demo answers `SHOW TABLES` on its PostgreSQL port, within `timeout`;
@@ -153,7 +156,11 @@ impl Demo {
     pub async fn data_dir(&self, timeout: Duration) -> Result<PathBuf, HarnessError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(path) = self.stdout_lines().iter().find_map(|line| parse_data_dir(line)) {
+            if let Some(path) = self
+                .stdout_lines()
+                .iter()
+                .find_map(|line| parse_data_dir(line))
+            {
                 return Ok(path);
             }
             if let Some(error) = self.exited_error() {

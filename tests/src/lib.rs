@@ -31,13 +31,16 @@ mod process;
 pub mod retry;
 pub mod slot;
 
-pub use cluster::Cluster;
+#[cfg(test)]
+mod harness_tests;
+
+pub use cluster::{Cluster, ClusterOptions};
 pub use demo::Demo;
-pub use error::HarnessError;
+pub use error::{describe_error, HarnessError};
 pub use pg::connect;
 pub use ports::{free_port, free_ports};
 pub use process::{log_tail, send_sigterm, DEFAULT_RUST_LOG};
-pub use retry::{retry_until, retry_until_with, AttemptFailure, RetryError};
+pub use retry::{retry_until, retry_until_with, AttemptFailure, BoxError, RetryError};
 
 /// Looks `program` up on `PATH`, as a shell would; `None` if it is not installed.
 pub fn find_on_path(program: &str) -> Option<std::path::PathBuf> {

@@ -81,7 +81,7 @@ pub(crate) async fn wait_serving(
         let limit = crate::retry::ATTEMPT_TIMEOUT.min(left);
         match tokio::time::timeout(limit, probe(config)).await {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(error)) => last_error = error.to_string(),
+            Ok(Err(error)) => last_error = crate::describe_error(&error),
             Err(_) => last_error = format!("probe timed out after {limit:?}"),
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -93,7 +93,9 @@ impl ManagedProcess {
     /// they report `None`).
     pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
         let mut child = self.lock();
-        child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+        child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// The process id while the process runs.
@@ -193,6 +195,8 @@ pub fn send_sigterm(pid: u32) -> io::Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("kill -TERM {pid} exited with {status}")))
+        Err(io::Error::other(format!(
+            "kill -TERM {pid} exited with {status}"
+        )))
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tokio::time::{sleep, timeout, Instant};
 
+use crate::describe_error;
+
 /// The longest a single attempt may run inside [`retry_until`].
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after the first failed attempt; it doubles up to [`MAX_BACKOFF`].
@@ -20,34 +22,39 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest pause between attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
+/// The error type attempts may return: anything that converts into a boxed error, which
+/// includes `String`, `&str` and every `std::error::Error`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why one attempt did not succeed.
-pub enum AttemptFailure<E> {
+#[derive(Debug)]
+pub enum AttemptFailure {
     /// The attempt returned this error.
-    Failed(E),
+    Failed(BoxError),
     /// The attempt was still running after this long and was dropped.
     TimedOut(Duration),
 }
 
-impl<E: fmt::Display> fmt::Display for AttemptFailure<E> {
+impl fmt::Display for AttemptFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AttemptFailure::Failed(error) => write!(f, "{error}"),
+            AttemptFailure::Failed(error) => f.write_str(&describe_error(error.as_ref())),
             AttemptFailure::TimedOut(after) => write!(f, "attempt timed out after {after:?}"),
         }
     }
 }
 
 /// No attempt succeeded before the deadline.
-pub struct RetryError<E> {
+pub struct RetryError {
     /// How many attempts ran.
     pub attempts: u32,
     /// The time allowed.
     pub timeout: Duration,
     /// How the last attempt failed.
-    pub last: AttemptFailure<E>,
+    pub last: AttemptFailure,
 }
 
-impl<E: fmt::Display> fmt::Display for RetryError<E> {
+impl fmt::Display for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -58,13 +65,13 @@ impl<E: fmt::Display> fmt::Display for RetryError<E> {
 }
 
 /// Shows the same text as `Display`, so `.expect(…)` on a failed retry reads well.
-impl<E: fmt::Display> fmt::Debug for RetryError<E> {
+impl fmt::Debug for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
 }
 
-impl<E: fmt::Display> std::error::Error for RetryError<E> {}
+impl std::error::Error for RetryError {}
 
 /// Runs `attempt` until it returns `Ok` or `timeout` has passed, each attempt limited to
 /// [`ATTEMPT_TIMEOUT`]. At least one attempt always runs.
@@ -80,10 +87,11 @@ impl<E: fmt::Display> std::error::Error for RetryError<E> {}
 /// .expect("reads succeed again within 15 s");
 /// # }
 /// ```
-pub async fn retry_until<T, E, F, Fut>(timeout: Duration, attempt: F) -> Result<T, RetryError<E>>
+pub async fn retry_until<T, E, F, Fut>(timeout: Duration, attempt: F) -> Result<T, RetryError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
 {
     retry_until_with(timeout, ATTEMPT_TIMEOUT, attempt).await
 }
@@ -93,10 +101,11 @@ pub async fn retry_until_with<T, E, F, Fut>(
     total: Duration,
     per_attempt: Duration,
     mut attempt: F,
-) -> Result<T, RetryError<E>>
+) -> Result<T, RetryError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
 {
     let deadline = Instant::now() + total;
     let mut backoff = FIRST_BACKOFF;
@@ -108,7 +117,7 @@ where
         let limit = limit.max(Duration::from_millis(10));
         let last = match timeout(limit, attempt()).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(error)) => AttemptFailure::Failed(error),
+            Ok(Err(error)) => AttemptFailure::Failed(error.into()),
             Err(_) => AttemptFailure::TimedOut(limit),
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -148,12 +157,17 @@ mod tests {
     #[tokio::test]
     async fn gives_up_with_the_last_error() {
         let started = Instant::now();
-        let error = retry_until(Duration::from_millis(300), || async { Err::<(), _>("down") })
-            .await
-            .expect_err("never succeeds");
+        let error = retry_until(Duration::from_millis(300), || async {
+            Err::<(), _>("down")
+        })
+        .await
+        .expect_err("never succeeds");
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(error.attempts >= 2, "{error}");
-        assert_eq!(error.to_string().split("last failure: ").nth(1), Some("down"));
+        assert_eq!(
+            error.to_string().split("last failure: ").nth(1),
+            Some("down")
+        );
     }
 
     #[tokio::test]

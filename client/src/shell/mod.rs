@@ -60,38 +60,37 @@ pub struct ShellOptions {
 /// Why the shell stopped with an error.
 ///
 /// Statement errors inside the interactive shell are printed and do not end it; they never
-/// appear here.
+/// appear here. Each message is complete on its own, including the causes of a tokio-postgres
+/// error (whose own message is only "db error" or "error connecting to server"), so the binary
+/// can print it as it is; the underlying error stays available in the variant's fields.
 #[derive(Debug, thiserror::Error)]
 pub enum ShellError {
     // The invocation needs fixing.
     /// The connection URL does not parse.
-    #[error("invalid connection URL {url:?}: {source}")]
+    #[error("invalid connection URL {url:?}: {}", error_chain(.error))]
     InvalidUrl {
         /// The URL as given.
         url: String,
         /// What tokio-postgres found wrong with it.
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 
     // The server is unreachable: check it is running, then retry.
     /// The server did not accept the connection.
-    #[error("cannot connect to {target}: {source}")]
+    #[error("cannot connect to {target}: {}", error_chain(.error))]
     Connect {
         /// `user@host:port/database`.
         target: String,
         /// The connection error.
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
     /// The connection broke while the shell was running.
-    #[error("lost the connection to {target}: {source}")]
+    #[error("lost the connection to {target}: {}", error_chain(.error))]
     ConnectionLost {
         /// `user@host:port/database`.
         target: String,
         /// The error that showed the connection was closed.
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 
     // A statement given with `-e` failed; its error has already been printed to stderr.
@@ -136,15 +135,17 @@ struct Session {
 enum Ran {
     Succeeded,
     /// The statement failed; its error was printed.
-    Failed { code: Option<String> },
+    Failed {
+        code: Option<String>,
+    },
 }
 
 impl Session {
     /// Parses `url`, fills in the defaults and connects, spawning the connection task.
     async fn connect(url: &str) -> Result<Session, ShellError> {
-        let mut config: Config = url.parse().map_err(|source| ShellError::InvalidUrl {
+        let mut config: Config = url.parse().map_err(|error| ShellError::InvalidUrl {
             url: url.to_string(),
-            source,
+            error,
         })?;
         if config.get_user().is_none() {
             config.user(DEFAULT_USER);
@@ -156,13 +157,14 @@ impl Session {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
         let target = describe_target(&config);
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|source| ShellError::Connect {
-                target: target.clone(),
-                source,
-            })?;
+        let (client, connection) =
+            config
+                .connect(NoTls)
+                .await
+                .map_err(|error| ShellError::Connect {
+                    target: target.clone(),
+                    error,
+                })?;
         tokio::spawn(async move {
             // A broken connection also fails the next statement, which reports it properly.
             let _ = connection.await;
@@ -191,7 +193,9 @@ impl Session {
             self.target
         ))?;
         let mut reader = LineReader::spawn(history_path());
-        let result = self.read_eval_print(&mut reader, &prompt, &continuation).await;
+        let result = self
+            .read_eval_print(&mut reader, &prompt, &continuation)
+            .await;
         reader.close().await;
         result
     }
@@ -204,7 +208,11 @@ impl Session {
     ) -> Result<(), ShellError> {
         let mut buffer = String::new();
         loop {
-            let shown = if buffer.is_empty() { prompt } else { continuation };
+            let shown = if buffer.is_empty() {
+                prompt
+            } else {
+                continuation
+            };
             let line = match reader.read_line(shown).await {
                 Input::Line(line) => line,
                 Input::Interrupted => {
@@ -262,7 +270,7 @@ impl Session {
             }
             Err(error) if error.is_closed() => Err(ShellError::ConnectionLost {
                 target: self.target.clone(),
-                source: error,
+                error,
             }),
             Err(error) => {
                 print_err(&describe_error(&error))?;
@@ -319,8 +327,20 @@ fn describe_error(error: &tokio_postgres::Error) -> String {
             }
             text
         }
-        None => format!("ERROR: {error}"),
+        None => format!("ERROR: {}", error_chain(error)),
     }
+}
+
+/// An error and its `source()` chain, `: `-separated.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// `user@host:port/database` for a connection config.
@@ -418,6 +438,8 @@ mod tests {
         .await
         .expect_err("nothing listens there");
         assert!(matches!(error, ShellError::Connect { .. }), "{error:?}");
-        assert!(error.to_string().contains(&format!("root@127.0.0.1:{port}/meridian")));
+        assert!(error
+            .to_string()
+            .contains(&format!("root@127.0.0.1:{port}/meridian")));
     }
 }

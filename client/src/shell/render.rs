@@ -19,6 +19,9 @@ use tokio_postgres::SimpleQueryMessage;
 /// `TableComponent` order.
 const PSQL_STYLE: &str = "     -+ |          ";
 
+/// One row as the simple query protocol returns it: a text value per column, `None` for NULL.
+pub type TextRow = Vec<Option<String>>;
+
 /// What one statement produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -26,8 +29,8 @@ pub enum Outcome {
     Rows {
         /// The column names, in order.
         columns: Vec<String>,
-        /// The rows, each with one text value per column; `None` is SQL NULL.
-        rows: Vec<Vec<Option<String>>>,
+        /// The rows, in the order the server sent them.
+        rows: Vec<TextRow>,
     },
     /// A statement that returned no rows; `tag` is its command tag, such as `INSERT 0 3`.
     Command {
@@ -57,7 +60,7 @@ impl Outcome {
 /// server ran. `statement` is the text that was sent, used to name the command tags.
 pub fn outcomes_from_messages(statement: &str, messages: Vec<SimpleQueryMessage>) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
-    let mut pending: Option<(Vec<String>, Vec<Vec<Option<String>>>)> = None;
+    let mut pending: Option<(Vec<String>, Vec<TextRow>)> = None;
     for message in messages {
         match message {
             SimpleQueryMessage::RowDescription(columns) => {
@@ -96,7 +99,7 @@ pub fn outcomes_from_messages(statement: &str, messages: Vec<SimpleQueryMessage>
 /// Renders rows as a `psql`-style table without a trailing newline. Columns whose non-NULL
 /// values are all numbers are aligned right, the rest left; headers are centred. A result with
 /// no columns renders as the empty string.
-pub fn render_table(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
+pub fn render_table(columns: &[String], rows: &[TextRow]) -> String {
     if columns.is_empty() {
         return String::new();
     }
@@ -121,7 +124,7 @@ pub fn render_table(columns: &[String], rows: &[Vec<Option<String>>]) -> String 
 }
 
 /// Whether the column holds at least one value and every non-NULL value parses as a number.
-fn is_numeric_column(rows: &[Vec<Option<String>>], index: usize) -> bool {
+fn is_numeric_column(rows: &[TextRow], index: usize) -> bool {
     let mut values = rows
         .iter()
         .filter_map(|row| row.get(index).and_then(Option::as_deref))
@@ -165,7 +168,8 @@ pub fn command_tag(statement: &str, rows: u64) -> String {
             format!("{verb} {rows}")
         }
         "CREATE" | "DROP" | "ALTER" => {
-            const MODIFIERS: [&str; 6] = ["OR", "REPLACE", "UNIQUE", "TEMP", "TEMPORARY", "UNLOGGED"];
+            const MODIFIERS: [&str; 6] =
+                ["OR", "REPLACE", "UNIQUE", "TEMP", "TEMPORARY", "UNLOGGED"];
             let mut object = words[1..]
                 .iter()
                 .skip_while(|word| MODIFIERS.contains(&word.as_str()));
@@ -194,8 +198,11 @@ mod tests {
         names.iter().map(|name| name.to_string()).collect()
     }
 
-    fn row(values: &[Option<&str>]) -> Vec<Option<String>> {
-        values.iter().map(|value| value.map(str::to_string)).collect()
+    fn row(values: &[Option<&str>]) -> TextRow {
+        values
+            .iter()
+            .map(|value| value.map(str::to_string))
+            .collect()
     }
 
     #[test]
@@ -223,13 +230,7 @@ mod tests {
             &names(&["n", "s"]),
             &[row(&[None, None]), row(&[Some("10"), Some("x")])],
         );
-        let expected = [
-            "   n  |   s",
-            "------+------",
-            " NULL | NULL",
-            "   10 | x",
-        ]
-        .join("\n");
+        let expected = ["   n  |   s", "------+------", " NULL | NULL", "   10 | x"].join("\n");
         assert_eq!(table, expected);
     }
 
@@ -277,15 +278,33 @@ mod tests {
 
     #[test]
     fn command_tags_follow_postgres() {
-        assert_eq!(command_tag("INSERT INTO t VALUES (1), (2)", 2), "INSERT 0 2");
+        assert_eq!(
+            command_tag("INSERT INTO t VALUES (1), (2)", 2),
+            "INSERT 0 2"
+        );
         assert_eq!(command_tag("update t set a = 1", 5), "UPDATE 5");
         assert_eq!(command_tag("DELETE FROM t", 0), "DELETE 0");
-        assert_eq!(command_tag("CREATE TABLE t (id INT8 PRIMARY KEY)", 0), "CREATE TABLE");
-        assert_eq!(command_tag("create unique index i on t(a)", 0), "CREATE INDEX");
-        assert_eq!(command_tag("CREATE OR REPLACE VIEW v AS SELECT 1", 0), "CREATE VIEW");
-        assert_eq!(command_tag("CREATE MATERIALIZED VIEW m AS SELECT 1", 0), "CREATE MATERIALIZED VIEW");
+        assert_eq!(
+            command_tag("CREATE TABLE t (id INT8 PRIMARY KEY)", 0),
+            "CREATE TABLE"
+        );
+        assert_eq!(
+            command_tag("create unique index i on t(a)", 0),
+            "CREATE INDEX"
+        );
+        assert_eq!(
+            command_tag("CREATE OR REPLACE VIEW v AS SELECT 1", 0),
+            "CREATE VIEW"
+        );
+        assert_eq!(
+            command_tag("CREATE MATERIALIZED VIEW m AS SELECT 1", 0),
+            "CREATE MATERIALIZED VIEW"
+        );
         assert_eq!(command_tag("DROP TABLE t", 0), "DROP TABLE");
-        assert_eq!(command_tag("ALTER TABLE t ADD COLUMN b INT8", 0), "ALTER TABLE");
+        assert_eq!(
+            command_tag("ALTER TABLE t ADD COLUMN b INT8", 0),
+            "ALTER TABLE"
+        );
         assert_eq!(command_tag("START TRANSACTION", 0), "BEGIN");
         assert_eq!(command_tag("begin read only", 0), "BEGIN");
         assert_eq!(command_tag("END", 0), "COMMIT");

@@ -322,7 +322,10 @@ mod tests {
     #[test]
     fn line_comment_hides_semicolon() {
         let split = split_statements("SELECT 1 -- not here; \n + 1; SELECT 2;");
-        assert_eq!(split.statements, ["SELECT 1 -- not here; \n + 1", "SELECT 2"]);
+        assert_eq!(
+            split.statements,
+            ["SELECT 1 -- not here; \n + 1", "SELECT 2"]
+        );
     }
 
     #[test]
@@ -330,7 +333,10 @@ mod tests {
         let split = split_statements("-- a comment\n/* another */ SELECT 1; -- trailing\n");
         assert_eq!(split.statements, ["SELECT 1"]);
         assert_eq!(split.rest, "");
-        assert_eq!(split_statements("-- only a comment; really\n"), Split::default());
+        assert_eq!(
+            split_statements("-- only a comment; really\n"),
+            Split::default()
+        );
     }
 
     #[test]

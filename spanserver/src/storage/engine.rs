@@ -37,10 +37,21 @@ impl Cf {
 /// One write in a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchOp {
-    Put { cf: Cf, key: Vec<u8>, value: Vec<u8> },
-    Delete { cf: Cf, key: Vec<u8> },
+    Put {
+        cf: Cf,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        cf: Cf,
+        key: Vec<u8>,
+    },
     /// Deletes every key in `[start, end)`.
-    DeleteRange { cf: Cf, start: Vec<u8>, end: Vec<u8> },
+    DeleteRange {
+        cf: Cf,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
 }
 
 /// Writes that apply atomically.
@@ -55,15 +66,26 @@ impl WriteBatch {
     }
 
     pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push(BatchOp::Put { cf, key: key.into(), value: value.into() });
+        self.ops.push(BatchOp::Put {
+            cf,
+            key: key.into(),
+            value: value.into(),
+        });
     }
 
     pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
-        self.ops.push(BatchOp::Delete { cf, key: key.into() });
+        self.ops.push(BatchOp::Delete {
+            cf,
+            key: key.into(),
+        });
     }
 
     pub fn delete_range(&mut self, cf: Cf, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) {
-        self.ops.push(BatchOp::DeleteRange { cf, start: start.into(), end: end.into() });
+        self.ops.push(BatchOp::DeleteRange {
+            cf,
+            start: start.into(),
+            end: end.into(),
+        });
     }
 
     pub fn is_empty(&self) -> bool {

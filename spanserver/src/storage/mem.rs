@@ -108,7 +108,9 @@ impl Engine for MemEngine {
         for op in batch.ops {
             let i = cf_index(op_cf(&op));
             let Some(map) = guards[i].as_mut() else {
-                return Err(EngineError(format!("internal: column family {i} not locked")));
+                return Err(EngineError(format!(
+                    "internal: column family {i} not locked"
+                )));
             };
             match op {
                 BatchOp::Put { key, value, .. } => {

@@ -101,7 +101,10 @@ pub fn get(
     };
     let (raw_key, raw_value) = item?;
     let (_, ts) = split_key(&raw_key)?;
-    Ok(Some(Version { ts, value: decode_value(&raw_value)? }))
+    Ok(Some(Version {
+        ts,
+        value: decode_value(&raw_value)?,
+    }))
 }
 
 /// The live rows with user keys in `[start, end)` as of `read_ts`, in key order. An empty `end`
@@ -132,7 +135,13 @@ pub fn scan(
                 result.resume_key = Some(key);
                 break;
             }
-            result.rows.push((key, Version { ts, value: Some(value) }));
+            result.rows.push((
+                key,
+                Version {
+                    ts,
+                    value: Some(value),
+                },
+            ));
         }
         cursor.skip_past_key(&prefix)?;
     }
@@ -253,6 +262,9 @@ fn corrupt(what: &str, raw: &[u8]) -> EngineError {
     EngineError(format!("corrupt MVCC data: {what}: {raw:02x?}"))
 }
 
+/// An engine key and value, borrowed from the cursor.
+type RawEntry<'a> = (&'a [u8], &'a [u8]);
+
 /// A forward cursor over the MVCC keyspace of a user-key range that can seek. The engine's
 /// iterators cannot seek, so a seek opens a fresh scan at the target.
 struct Cursor<'e> {
@@ -270,15 +282,23 @@ impl<'e> Cursor<'e> {
     fn new(engine: &'e dyn Engine, start: &[u8], end: &[u8]) -> Self {
         let end = (!end.is_empty()).then(|| encode_user_key(end));
         let iter = engine.scan(Cf::Data, &encode_user_key(start), end.as_deref());
-        Cursor { engine, end, iter, current: None }
+        Cursor {
+            engine,
+            end,
+            iter,
+            current: None,
+        }
     }
 
     /// The entry under the cursor, or `None` at the end of the range.
-    fn peek(&mut self) -> Result<Option<(&[u8], &[u8])>, EngineError> {
+    fn peek(&mut self) -> Result<Option<RawEntry<'_>>, EngineError> {
         if self.current.is_none() {
             self.current = self.iter.next().transpose()?;
         }
-        Ok(self.current.as_ref().map(|(k, v)| (k.as_slice(), v.as_slice())))
+        Ok(self
+            .current
+            .as_ref()
+            .map(|(k, v)| (k.as_slice(), v.as_slice())))
     }
 
     fn advance(&mut self) {
@@ -329,5 +349,277 @@ impl<'e> Cursor<'e> {
     /// From any version of the key `prefix`, moves to the first version of the next key.
     fn skip_past_key(&mut self, prefix: &[u8]) -> Result<(), EngineError> {
         self.skip_while(prefix, |_| true, || past_versions(prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::storage::mem::MemEngine;
+
+    fn write(engine: &dyn Engine, key: &[u8], ts: u64, value: Option<&[u8]>) {
+        let mut batch = WriteBatch::new();
+        put_version(&mut batch, key, Timestamp(ts), value);
+        engine.write(batch, false).unwrap();
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        assert_eq!(encode_user_key(b""), vec![0x00, 0x01]);
+        assert_eq!(
+            encode_user_key(b"a\x00b"),
+            vec![b'a', 0x00, 0xFF, b'b', 0x00, 0x01]
+        );
+        let mut expected = vec![b'a', 0x00, 0x01];
+        expected.extend_from_slice(&(!1u64).to_be_bytes());
+        assert_eq!(encode_key(b"a", Timestamp(1)), expected);
+        assert_eq!(
+            decode_key(&expected).unwrap(),
+            (b"a".to_vec(), Timestamp(1))
+        );
+
+        let mut batch = WriteBatch::new();
+        put_version(&mut batch, b"k", Timestamp(5), Some(b"v"));
+        put_version(&mut batch, b"k", Timestamp(6), Some(b""));
+        put_version(&mut batch, b"k", Timestamp(7), None);
+        let values: Vec<Vec<u8>> = batch
+            .ops
+            .iter()
+            .map(|op| match op {
+                crate::storage::engine::BatchOp::Put {
+                    cf: Cf::Data,
+                    value,
+                    ..
+                } => value.clone(),
+                other => panic!("unexpected op {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            values,
+            vec![vec![TAG_PUT, b'v'], vec![TAG_PUT], vec![TAG_TOMBSTONE]]
+        );
+    }
+
+    #[test]
+    fn malformed_keys_and_values_are_errors() {
+        let ts = (!7u64).to_be_bytes();
+        let with_ts = |prefix: &[u8]| [prefix, &ts[..]].concat();
+        for (raw, why) in [
+            (vec![], "empty"),
+            (vec![0x00, 0x01], "no timestamp"),
+            (with_ts(b""), "no terminator"),
+            (with_ts(b"a"), "no terminator"),
+            (with_ts(b"a\x00\x02\x00\x01"), "bad escape"),
+            (with_ts(b"a\x00\x01b\x00\x01"), "bytes after the terminator"),
+            (with_ts(b"\x00"), "truncated escape"),
+        ] {
+            assert!(decode_key(&raw).is_err(), "{why}: {raw:02x?}");
+        }
+        for raw in [&[][..], &[0x00, 0x00], &[0x02], &[0xFF, b'v']] {
+            assert!(decode_value(raw).is_err(), "{raw:02x?}");
+        }
+    }
+
+    #[test]
+    fn malformed_data_fails_reads_without_panicking() {
+        let engine = MemEngine::new();
+        write(&engine, b"a", 10, Some(b"ok"));
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::Data, b"b-not-mvcc".to_vec(), b"v".to_vec());
+        engine.write(batch, false).unwrap();
+        assert!(get(&engine, b"a", Timestamp(10)).unwrap().is_some());
+        assert!(scan(&engine, b"", b"", Timestamp::MAX, 0).is_err());
+        assert!(newest_version_ts_in_range(&engine, b"", b"").is_err());
+
+        let engine = MemEngine::new();
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::Data, encode_key(b"a", Timestamp(1)), vec![0x07]);
+        engine.write(batch, false).unwrap();
+        assert!(get(&engine, b"a", Timestamp(1)).is_err());
+        assert!(scan(&engine, b"", b"", Timestamp(1), 0).is_err());
+    }
+
+    /// Many versions per key, so readers must seek (more than [`NEXTS_BEFORE_SEEK`] versions
+    /// lie above and below each read timestamp).
+    #[test]
+    fn reads_across_many_versions() {
+        let engine = MemEngine::new();
+        for key in [&b"a"[..], b"b", b"c"] {
+            for ts in 1..=40u64 {
+                let value = (ts % 10 != 0).then(|| format!("{ts}").into_bytes());
+                write(&engine, key, ts, value.as_deref());
+            }
+        }
+        let got = get(&engine, b"b", Timestamp(25)).unwrap().unwrap();
+        assert_eq!(
+            got,
+            Version {
+                ts: Timestamp(25),
+                value: Some(b"25".to_vec())
+            }
+        );
+        let got = get(&engine, b"b", Timestamp(30)).unwrap().unwrap();
+        assert_eq!(
+            got,
+            Version {
+                ts: Timestamp(30),
+                value: None
+            }
+        );
+
+        let result = scan(&engine, b"", b"", Timestamp(17), 0).unwrap();
+        let rows: Vec<_> = result.rows.iter().map(|(k, v)| (k.clone(), v.ts)).collect();
+        assert_eq!(
+            rows,
+            vec![
+                (b"a".to_vec(), Timestamp(17)),
+                (b"b".to_vec(), Timestamp(17)),
+                (b"c".to_vec(), Timestamp(17))
+            ]
+        );
+        assert!(scan(&engine, b"", b"", Timestamp(20), 0)
+            .unwrap()
+            .rows
+            .is_empty());
+        let page = scan(&engine, b"", b"", Timestamp(21), 2).unwrap();
+        assert_eq!(page.rows.len(), 2);
+        assert_eq!(page.resume_key, Some(b"c".to_vec()));
+        assert_eq!(
+            newest_version_ts_in_range(&engine, b"a", b"c").unwrap(),
+            Some(Timestamp(40))
+        );
+    }
+
+    /// A model of MVCC: every (key, ts) version in a map.
+    type Model = BTreeMap<(Vec<u8>, u64), Option<Vec<u8>>>;
+
+    fn model_get(model: &Model, key: &[u8], read_ts: u64) -> Option<Version> {
+        model
+            .range((key.to_vec(), 0)..=(key.to_vec(), read_ts))
+            .next_back()
+            .map(|((_, ts), value)| Version {
+                ts: Timestamp(*ts),
+                value: value.clone(),
+            })
+    }
+
+    fn model_scan(
+        model: &Model,
+        start: &[u8],
+        end: &[u8],
+        read_ts: u64,
+    ) -> Vec<(Vec<u8>, Version)> {
+        let keys: std::collections::BTreeSet<&Vec<u8>> = model.keys().map(|(k, _)| k).collect();
+        keys.into_iter()
+            .filter(|k| k.as_slice() >= start && (end.is_empty() || k.as_slice() < end))
+            .filter_map(|k| model_get(model, k, read_ts).map(|v| (k.clone(), v)))
+            .filter(|(_, v)| v.value.is_some())
+            .collect()
+    }
+
+    fn key_strategy() -> impl Strategy<Value = Vec<u8>> {
+        // A tiny alphabet with the bytes the escaping cares about, so keys collide, nest as
+        // prefixes of each other and contain 0x00, 0x01 and 0xFF often.
+        prop::collection::vec(
+            prop::sample::select(vec![0x00u8, 0x01, 0x02, b'a', 0xFF]),
+            0..4,
+        )
+    }
+
+    fn ts_strategy() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..50, Just(0), Just(u64::MAX), Just(u64::MAX - 1)]
+    }
+
+    proptest! {
+        /// Encoded order is (user key ascending, timestamp descending), and decoding inverts
+        /// encoding.
+        #[test]
+        fn encoding_preserves_order(
+            versions in prop::collection::vec((key_strategy(), ts_strategy()), 0..40)
+        ) {
+            let mut by_encoding = versions.clone();
+            by_encoding.sort_by_key(|(k, ts)| encode_key(k, Timestamp(*ts)));
+            let mut by_order = versions.clone();
+            by_order.sort_by(|(k1, ts1), (k2, ts2)| k1.cmp(k2).then(ts2.cmp(ts1)));
+            prop_assert_eq!(&by_encoding, &by_order);
+            for (k, ts) in &versions {
+                let decoded = decode_key(&encode_key(k, Timestamp(*ts))).unwrap();
+                prop_assert_eq!(decoded, (k.clone(), Timestamp(*ts)));
+            }
+        }
+
+        /// For user keys a < b, every version of a sorts below every version of b, and the
+        /// "past every version" bound of a lies between them.
+        #[test]
+        fn key_prefix_bounds(a in key_strategy(), b in key_strategy(), t1 in ts_strategy(), t2 in ts_strategy()) {
+            prop_assume!(a < b);
+            let past_a = past_versions(&encode_user_key(&a));
+            prop_assert!(encode_key(&a, Timestamp(t1)) < past_a);
+            prop_assert!(past_a <= encode_user_key(&b));
+            prop_assert!(encode_key(&a, Timestamp(t1)) < encode_key(&b, Timestamp(t2)));
+        }
+
+        /// Decoding arbitrary bytes returns a result and never panics.
+        #[test]
+        fn decoding_garbage_does_not_panic(raw in prop::collection::vec(any::<u8>(), 0..24)) {
+            let _ = decode_key(&raw);
+            let _ = decode_value(&raw);
+        }
+
+        /// get, scan (in pages that follow resume keys) and newest agree with the model.
+        #[test]
+        fn reads_match_model(
+            writes in prop::collection::vec(
+                (key_strategy(), 0u64..20, prop::option::of(prop::collection::vec(any::<u8>(), 0..3))),
+                0..40,
+            ),
+            read_ts in 0u64..22,
+            start in key_strategy(),
+            end in key_strategy(),
+            limit in 0usize..4,
+        ) {
+            let engine = MemEngine::new();
+            let mut model = Model::new();
+            for (key, ts, value) in &writes {
+                write(&engine, key, *ts, value.as_deref());
+                model.insert((key.clone(), *ts), value.clone());
+            }
+            for (key, _, _) in &writes {
+                prop_assert_eq!(
+                    get(&engine, key, Timestamp(read_ts)).unwrap(),
+                    model_get(&model, key, read_ts)
+                );
+            }
+
+            let expected = model_scan(&model, &start, &end, read_ts);
+            let mut rows = Vec::new();
+            let mut from = start.clone();
+            loop {
+                let page = scan(&engine, &from, &end, Timestamp(read_ts), limit).unwrap();
+                if limit != 0 {
+                    prop_assert!(page.rows.len() <= limit);
+                }
+                rows.extend(page.rows);
+                match page.resume_key {
+                    Some(key) => {
+                        prop_assert_eq!(rows.len() % limit, 0, "resumed after a short page");
+                        from = key;
+                    }
+                    None => break,
+                }
+            }
+            prop_assert_eq!(rows, expected);
+
+            let newest = model
+                .keys()
+                .filter(|(k, _)| k.as_slice() >= start.as_slice() && (end.is_empty() || k.as_slice() < end.as_slice()))
+                .map(|(_, ts)| Timestamp(*ts))
+                .max();
+            prop_assert_eq!(newest_version_ts_in_range(&engine, &start, &end).unwrap(), newest);
+        }
     }
 }

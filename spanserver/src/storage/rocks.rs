@@ -39,7 +39,9 @@ pub struct RocksEngine {
 
 impl std::fmt::Debug for RocksEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksEngine").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("RocksEngine")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,7 +76,10 @@ impl RocksEngine {
             Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options.clone()));
         let db = DB::open_cf_descriptors(&db_options, path, descriptors)
             .map_err(|e| rocks_error(&format!("opening {}", path.display()), e))?;
-        let engine = RocksEngine { db, path: path.to_path_buf() };
+        let engine = RocksEngine {
+            db,
+            path: path.to_path_buf(),
+        };
         // Fail now, not on first use, if a column family is somehow missing.
         for cf in Cf::ALL {
             engine.handle(cf)?;
@@ -96,7 +101,9 @@ impl RocksEngine {
 
 impl Engine for RocksEngine {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        self.db.get_cf(self.handle(cf)?, key).map_err(|e| rocks_error("get", e))
+        self.db
+            .get_cf(self.handle(cf)?, key)
+            .map_err(|e| rocks_error("get", e))
     }
 
     fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> EngineIter<'a> {
@@ -120,7 +127,9 @@ impl Engine for RocksEngine {
         let mut rocks_batch = rocksdb::WriteBatch::default();
         for op in &batch.ops {
             match op {
-                BatchOp::Put { cf, key, value } => rocks_batch.put_cf(self.handle(*cf)?, key, value),
+                BatchOp::Put { cf, key, value } => {
+                    rocks_batch.put_cf(self.handle(*cf)?, key, value)
+                }
                 BatchOp::Delete { cf, key } => rocks_batch.delete_cf(self.handle(*cf)?, key),
                 // An empty or inverted range deletes nothing; RocksDB may reject it, so skip it.
                 BatchOp::DeleteRange { cf, start, end } => {
@@ -132,7 +141,9 @@ impl Engine for RocksEngine {
         }
         let mut write_options = WriteOptions::default();
         write_options.set_sync(sync);
-        self.db.write_opt(rocks_batch, &write_options).map_err(|e| rocks_error("write", e))
+        self.db
+            .write_opt(rocks_batch, &write_options)
+            .map_err(|e| rocks_error("write", e))
     }
 }
 

@@ -117,7 +117,9 @@ pub fn referenced_tables(stmt: &ast::Statement) -> Result<Vec<String>> {
                 query_tables(source, &mut names)?;
             }
         }
-        ast::Statement::Update(update) => from_tables(std::slice::from_ref(&update.table), &mut names)?,
+        ast::Statement::Update(update) => {
+            from_tables(std::slice::from_ref(&update.table), &mut names)?
+        }
         ast::Statement::Delete(delete) => match &delete.from {
             ast::FromTable::WithFromKeyword(from) | ast::FromTable::WithoutKeyword(from) => {
                 from_tables(from, &mut names)?
@@ -235,7 +237,11 @@ impl Scope {
             (Some(_), Some(_)) => Err(SqlError::AmbiguousColumn(full_name())),
             (None, _) => {
                 if let Some(q) = qualifier {
-                    if !self.columns.iter().any(|c| c.qualifier.as_deref() == Some(q)) {
+                    if !self
+                        .columns
+                        .iter()
+                        .any(|c| c.qualifier.as_deref() == Some(q))
+                    {
                         return Err(SqlError::UndefinedTable(format!(
                             "missing FROM-clause entry for table \"{q}\""
                         )));
@@ -310,23 +316,5 @@ impl Binder<'_> {
             self.params.resize(n, DataType::Unknown);
         }
         Ok(n - 1)
-    }
-}
-
-/// The plan of a SELECT over one table, for the optimizer tests.
-#[cfg(test)]
-pub(crate) fn scan_of(plan: &Plan) -> Option<&Plan> {
-    match plan {
-        Plan::Scan { .. } => Some(plan),
-        Plan::Values { .. } => None,
-        Plan::Filter { input, .. }
-        | Plan::Aggregate { input, .. }
-        | Plan::Project { input, .. }
-        | Plan::Distinct { input }
-        | Plan::Sort { input, .. }
-        | Plan::Limit { input, .. } => scan_of(input),
-        Plan::Insert { source, .. } | Plan::Update { source, .. } | Plan::Delete { source, .. } => {
-            scan_of(source)
-        }
     }
 }

@@ -1,0 +1,146 @@
+//! Hash aggregation.
+//!
+//! Groups are keyed by the tagged encoding of their values ([`encode_group_key`]) and kept in
+//! first-seen order. Integer sums accumulate in `i128` and are range-checked at the end (sum of
+//! any integer type is BIGINT; overflow is 22003); AVG is computed in floating point.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::encoding::encode_group_key;
+use crate::error::{Result, SqlError};
+use crate::expr::{AggCall, AggFunc, ScalarExpr};
+use crate::types::{DataType, Datum, Row};
+
+/// The running state of one aggregate in one group.
+#[derive(Debug)]
+struct Accumulator {
+    count: i64,
+    int_sum: i128,
+    float_sum: f64,
+    saw_float: bool,
+    extreme: Datum,
+    seen: Option<HashSet<Vec<u8>>>,
+}
+
+impl Accumulator {
+    fn new(call: &AggCall) -> Self {
+        Accumulator {
+            count: 0,
+            int_sum: 0,
+            float_sum: 0.0,
+            saw_float: false,
+            extreme: Datum::Null,
+            seen: call.distinct.then(HashSet::new),
+        }
+    }
+
+    fn add(&mut self, call: &AggCall, value: Option<Datum>) -> Result<()> {
+        let Some(value) = value else {
+            // count(*)
+            self.count += 1;
+            return Ok(());
+        };
+        if value.is_null() {
+            return Ok(());
+        }
+        if let Some(seen) = &mut self.seen {
+            if !seen.insert(encode_group_key(std::slice::from_ref(&value))) {
+                return Ok(());
+            }
+        }
+        self.count += 1;
+        match call.func {
+            AggFunc::Count => {}
+            AggFunc::Sum | AggFunc::Avg => match value {
+                Datum::Int(i) => self.int_sum += i128::from(i),
+                Datum::Float(f) => {
+                    self.float_sum += f;
+                    self.saw_float = true;
+                }
+                other => return Err(SqlError::Internal(format!("sum of non-number {other:?}"))),
+            },
+            AggFunc::Min | AggFunc::Max => {
+                let replace = match value.compare(&self.extreme) {
+                    None => self.extreme.is_null(),
+                    Some(ord) => {
+                        (ord == std::cmp::Ordering::Less) == (call.func == AggFunc::Min)
+                            && ord != std::cmp::Ordering::Equal
+                    }
+                };
+                if replace {
+                    self.extreme = value;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, call: &AggCall) -> Result<Datum> {
+        match call.func {
+            AggFunc::Count => Ok(Datum::Int(self.count)),
+            _ if self.count == 0 => Ok(Datum::Null),
+            AggFunc::Sum if self.saw_float || call.ty != DataType::Int8 => {
+                Ok(Datum::Float(self.float_sum + self.int_sum as f64))
+            }
+            AggFunc::Sum => i64::try_from(self.int_sum)
+                .map(Datum::Int)
+                .map_err(|_| SqlError::NumericOutOfRange("bigint".into())),
+            AggFunc::Avg => {
+                let total = self.float_sum + self.int_sum as f64;
+                Ok(Datum::Float(total / self.count as f64))
+            }
+            AggFunc::Min | AggFunc::Max => Ok(self.extreme),
+        }
+    }
+}
+
+/// Groups `rows` by `group_by` and computes `aggregates`; each output row is the group's
+/// values followed by the aggregate results. Without GROUP BY there is exactly one output row.
+pub fn run(
+    rows: Vec<Row>,
+    group_by: &[ScalarExpr],
+    aggregates: &[AggCall],
+    params: &[Datum],
+) -> Result<Vec<Row>> {
+    let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut groups: Vec<(Row, Vec<Accumulator>)> = Vec::new();
+    let new_accumulators = || aggregates.iter().map(Accumulator::new).collect::<Vec<_>>();
+    if group_by.is_empty() {
+        groups.push((Vec::new(), new_accumulators()));
+        index.insert(Vec::new(), 0);
+    }
+    for row in rows {
+        let values = group_by
+            .iter()
+            .map(|e| e.eval(&row, params))
+            .collect::<Result<Row>>()?;
+        let key = encode_group_key(&values);
+        let slot = match index.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                groups.push((values, new_accumulators()));
+                index.insert(key, groups.len() - 1);
+                groups.len() - 1
+            }
+        };
+        let Some((_, accumulators)) = groups.get_mut(slot) else {
+            return Err(SqlError::Internal("lost aggregation group".into()));
+        };
+        for (acc, call) in accumulators.iter_mut().zip(aggregates) {
+            let value = match &call.arg {
+                Some(arg) => Some(arg.eval(&row, params)?),
+                None => None,
+            };
+            acc.add(call, value)?;
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(mut values, accumulators)| {
+            for (acc, call) in accumulators.into_iter().zip(aggregates) {
+                values.push(acc.finish(call)?);
+            }
+            Ok(values)
+        })
+        .collect()
+}

@@ -1,0 +1,427 @@
+//! The per-connection pgwire handlers: startup, simple query, extended query.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{stream, Sink, SinkExt};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{
+    send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
+    SimpleQueryHandler,
+};
+use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult, SEVERITY_ERROR};
+use pgwire::messages::extendedquery::Sync as PgSync;
+use pgwire::messages::response::{
+    EmptyQueryResponse, ReadyForQuery, TransactionStatus as WireStatus,
+};
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::PgWireBackendMessage;
+use sqlparser::ast;
+use tokio::sync::Mutex;
+
+use super::codec;
+use crate::error::SqlError;
+use crate::plan::OutputColumn;
+use crate::session::{self, CommandTag, Description, Session, StatementResult, TransactionStatus};
+use crate::store::Store;
+use crate::types::DataType;
+
+/// A statement prepared with Parse: the parsed statement and what Describe reports.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    statement: ast::Statement,
+    description: Description,
+}
+
+/// One client connection's state, shared by its handlers.
+pub struct Connection {
+    session: Mutex<Session>,
+    parser: Arc<Parser>,
+}
+
+impl Connection {
+    /// A connection running `session`.
+    pub fn new(session: Session) -> Connection {
+        let parser = Arc::new(Parser {
+            store: session.store().clone(),
+        });
+        Connection {
+            session: Mutex::new(session),
+            parser,
+        }
+    }
+
+    /// Ends the session (rolls back an open transaction).
+    pub async fn close(&self) {
+        self.session.lock().await.close().await;
+    }
+
+    async fn wire_status(&self) -> WireStatus {
+        match self.session.lock().await.transaction_status() {
+            TransactionStatus::Idle => WireStatus::Idle,
+            TransactionStatus::InTransaction => WireStatus::Transaction,
+            TransactionStatus::Failed => WireStatus::Error,
+        }
+    }
+}
+
+/// The handler set pgwire asks for; every handler is the connection itself.
+pub struct Handlers(pub Arc<Connection>);
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.0.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.0.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.0.clone()
+    }
+}
+
+/// No authentication yet: any user, no password.
+impl NoopStartupHandler for Connection {}
+
+fn user_error(e: SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(&e)))
+}
+
+fn error_info(e: &SqlError) -> ErrorInfo {
+    ErrorInfo::new(
+        SEVERITY_ERROR.to_owned(),
+        e.sqlstate().to_owned(),
+        e.to_string(),
+    )
+}
+
+/// The tag pgwire completes with the number of rows sent, for a row-returning statement.
+fn query_tag(tag: CommandTag) -> &'static str {
+    match tag {
+        CommandTag::Insert(_) => "INSERT 0",
+        CommandTag::Update(_) => "UPDATE",
+        CommandTag::Delete(_) => "DELETE",
+        CommandTag::Show => "SHOW",
+        _ => "SELECT",
+    }
+}
+
+fn execution_tag(tag: CommandTag) -> Tag {
+    match tag {
+        CommandTag::Insert(n) => Tag::new("INSERT").with_oid(0).with_rows(n),
+        CommandTag::Update(n) => Tag::new("UPDATE").with_rows(n),
+        CommandTag::Delete(n) => Tag::new("DELETE").with_rows(n),
+        CommandTag::Select(n) => Tag::new("SELECT").with_rows(n),
+        other => Tag::new(&other.to_string()),
+    }
+}
+
+/// Turns a statement result into a pgwire response with result columns in `format`.
+fn response(
+    result: StatementResult,
+    format: impl Fn(usize) -> FieldFormat,
+) -> Result<Response, SqlError> {
+    let Some(columns) = result.columns else {
+        return Ok(Response::Execution(execution_tag(result.tag)));
+    };
+    let fields = Arc::new(codec::fields(&columns, format));
+    let rows = result
+        .rows
+        .iter()
+        .map(|row| codec::encode_row(row, &fields, &columns).map_err(user_error))
+        .collect::<Vec<_>>();
+    let mut query = QueryResponse::new(fields, stream::iter(rows));
+    query.set_command_tag(query_tag(result.tag));
+    Ok(Response::Query(query))
+}
+
+fn format_for(format: &Format, i: usize) -> FieldFormat {
+    match format {
+        Format::UnifiedText => FieldFormat::Text,
+        Format::UnifiedBinary => FieldFormat::Binary,
+        Format::Individual(codes) => FieldFormat::from(codes.get(i).copied().unwrap_or(0)),
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Connection {
+    /// Like pgwire's default, but reports the session's own transaction status in
+    /// ReadyForQuery (pgwire's guess cannot know that e.g. a failed COMMIT ended the
+    /// transaction).
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        if query.query.chars().all(|c| c == ';' || c.is_whitespace()) {
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
+        } else {
+            for r in SimpleQueryHandler::do_query(self, client, &query.query).await? {
+                match r {
+                    Response::Query(results) => send_query_response(client, results, true).await?,
+                    Response::Execution(tag)
+                    | Response::TransactionStart(tag)
+                    | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+                    Response::Error(e) => {
+                        client
+                            .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                            .await?
+                    }
+                    Response::EmptyQuery => {
+                        client
+                            .feed(PgWireBackendMessage::EmptyQueryResponse(
+                                EmptyQueryResponse::new(),
+                            ))
+                            .await?
+                    }
+                    Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {}
+                }
+            }
+        }
+        let status = self.wire_status().await;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        send_ready_for_query(client, status).await
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = match session::parse(query) {
+            Ok(statements) => statements,
+            Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&e)))]),
+        };
+        let mut session = self.session.lock().await;
+        let mut responses = Vec::with_capacity(statements.len());
+        for stmt in &statements {
+            let outcome = session
+                .execute_statement(stmt, &[])
+                .await
+                .and_then(|result| response(result, |_| FieldFormat::Text));
+            match outcome {
+                Ok(r) => responses.push(r),
+                Err(e) => {
+                    responses.push(Response::Error(Box::new(error_info(&e))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Connection {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    /// Like pgwire's default, but with the session's own transaction status.
+    async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        client.portal_store().rm_portal(pgwire::api::DEFAULT_NAME);
+        let status = self.wire_status().await;
+        client.set_transaction_status(status);
+        client
+            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                status,
+            )))
+            .await?;
+        client.flush().await?;
+        Ok(())
+    }
+
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let declared = &portal.statement.parameter_types;
+        // Parameter types: what the client declared, else what Parse inferred.
+        let mut types = Vec::with_capacity(portal.parameters.len());
+        for i in 0..portal
+            .parameters
+            .len()
+            .max(prepared.description.params.len())
+        {
+            let ty = match declared.get(i).and_then(|t| t.as_ref()) {
+                Some(t) => codec::from_pg_type(Some(t)).map_err(user_error)?,
+                None => DataType::Unknown,
+            };
+            let ty = if ty == DataType::Unknown {
+                prepared
+                    .description
+                    .params
+                    .get(i)
+                    .copied()
+                    .unwrap_or(DataType::Text)
+            } else {
+                ty
+            };
+            types.push(ty);
+        }
+        if portal.parameters.len() != prepared.description.params.len() {
+            return Err(user_error(SqlError::ProtocolViolation(format!(
+                "bind message supplies {} parameters, but prepared statement requires {}",
+                portal.parameters.len(),
+                prepared.description.params.len()
+            ))));
+        }
+        let params = portal
+            .parameters
+            .iter()
+            .zip(&types)
+            .enumerate()
+            .map(|(i, (bytes, ty))| {
+                let binary = format_for(&portal.parameter_format, i) == FieldFormat::Binary;
+                codec::decode_param(bytes.as_deref(), binary, *ty)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(user_error)?;
+
+        let result = self
+            .session
+            .lock()
+            .await
+            .execute_prepared(&prepared.statement, &params, &types)
+            .await
+            .map_err(user_error)?;
+        check_same_columns(
+            prepared.description.columns.as_deref(),
+            result.columns.as_deref(),
+        )
+        .map_err(user_error)?;
+        let format = portal.result_column_format.clone();
+        response(result, |i| format_for(&format, i)).map_err(user_error)
+    }
+}
+
+/// A prepared statement's result columns must not change between Describe and Execute (the
+/// client decodes by the described types), as in PostgreSQL.
+fn check_same_columns(
+    described: Option<&[OutputColumn]>,
+    actual: Option<&[OutputColumn]>,
+) -> Result<(), SqlError> {
+    let same = match (described, actual) {
+        (Some(d), Some(a)) => {
+            d.len() == a.len()
+                && d.iter()
+                    .zip(a)
+                    .all(|(x, y)| codec::pg_type(x.data_type) == codec::pg_type(y.data_type))
+        }
+        (None, None) => true,
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(SqlError::unsupported(
+            "a prepared statement whose result type changed (cached plan must not change result type)",
+        ))
+    }
+}
+
+/// Parses and describes statements for the extended protocol.
+pub struct Parser {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut statements = session::parse(sql).map_err(user_error)?;
+        let statement = match (statements.pop(), statements.is_empty()) {
+            (None, _) => return Ok(None),
+            (Some(statement), true) => statement,
+            (Some(_), false) => {
+                return Err(user_error(SqlError::Syntax(
+                    "cannot insert multiple commands into a prepared statement".into(),
+                )))
+            }
+        };
+        let declared = types
+            .iter()
+            .map(|t| codec::from_pg_type(t.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(user_error)?;
+        let description = session::describe(self.store.as_ref(), &statement, &declared)
+            .await
+            .map_err(user_error)?;
+        Ok(Some(Prepared {
+            statement,
+            description,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        Ok(stmt
+            .description
+            .params
+            .iter()
+            .map(|t| codec::pg_type(*t))
+            .collect())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        let columns = stmt.description.columns.as_deref().unwrap_or_default();
+        Ok(codec::fields(columns, |i| match column_format {
+            Some(format) => format_for(format, i),
+            None => FieldFormat::Text,
+        }))
+    }
+}

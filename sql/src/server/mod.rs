@@ -1,0 +1,104 @@
+//! The PostgreSQL wire-protocol front end, on the `pgwire` crate.
+//!
+//! [`serve`] accepts connections until its shutdown future resolves, running one task per
+//! connection with a semaphore capping them at [`MAX_CONNECTIONS`] (as in mini-redis). Each
+//! connection owns a [`Session`]. On shutdown the listener stops, every connection task is told
+//! to stop (open transactions are rolled back), and `serve` returns once they have.
+//!
+//! Protocol support:
+//!
+//! - startup without authentication (any user, no password) and without TLS: an SSLRequest is
+//!   answered `N`, and clients continue in plain text;
+//! - the simple query protocol, several statements per query string (each runs on its own, in
+//!   order, stopping at the first error);
+//! - the extended protocol: Parse binds the statement against the catalog to infer parameter
+//!   types (a parameter compared with or assigned to a column gets its type, others TEXT, and
+//!   types the client declares win) and result columns, which Describe reports; Bind/Execute
+//!   accept text or binary parameters and return text or binary results per the client's
+//!   format codes (see the `codec` submodule);
+//! - errors carry their SQLSTATE; after an error the connection stays usable (the extended
+//!   protocol skips to Sync as PostgreSQL does); ReadyForQuery reports the session's real
+//!   transaction status (idle, in transaction, failed).
+//!
+//! Not supported: COPY, cancel requests, the `pg_catalog` tables psql's `\d` commands query.
+
+mod codec;
+mod handler;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::session::Session;
+use crate::store::Store;
+
+/// The most connections served at once; further clients wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Serves PostgreSQL clients on `listener` against `store` until `shutdown` resolves, then
+/// closes every connection and returns.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (stop_tx, _) = broadcast::channel::<()>(1);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let (socket, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually fd exhaustion: wait a little rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::debug!(%error, "set_nodelay failed");
+        }
+        let connection = Arc::new(handler::Connection::new(Session::new(store.clone())));
+        let mut stop = stop_tx.subscribe();
+        let span = tracing::info_span!("pg_connection", %peer);
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                tracing::debug!("connection opened");
+                let handlers = handler::Handlers(connection.clone());
+                tokio::select! {
+                    result = pgwire::tokio::process_socket(socket, None, handlers) => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                    }
+                    _ = stop.recv() => {}
+                }
+                connection.close().await;
+                tracing::debug!("connection closed");
+            }
+            .instrument(span),
+        );
+        // Reap finished connection tasks so the set does not grow without bound.
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(stop_tx);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
