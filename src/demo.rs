@@ -27,12 +27,21 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
     let mut tasks = Vec::new();
 
     let (pd_tx, pd_rx) = oneshot::channel();
-    let pd_opts = meridian_pd::PdOptions { data_dir: dir.path().join("pd"), listen: loopback(0) };
+    let pd_opts = meridian_pd::PdOptions {
+        data_dir: dir.path().join("pd"),
+        listen: loopback(0),
+    };
     tasks.push(tokio::spawn({
         let stop = stop_rx.clone();
-        async move { meridian_pd::run(pd_opts, stop, Some(pd_tx)).await.map_err(|e| e.to_string()) }
+        async move {
+            meridian_pd::run(pd_opts, stop, Some(pd_tx))
+                .await
+                .map_err(|e| e.to_string())
+        }
     }));
-    let pd_addr = pd_rx.await.map_err(|_| "the placement driver did not start".to_string())?;
+    let pd_addr = pd_rx
+        .await
+        .map_err(|_| "the placement driver did not start".to_string())?;
 
     let tt: Arc<dyn TrueTime> = Arc::new(SystemTrueTime::default());
     let mut first_pg = None;
@@ -51,7 +60,9 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
         let stop = stop_rx.clone();
         let tt = tt.clone();
         tasks.push(tokio::spawn(async move {
-            meridian_spanserver::server::run(opts, tt, stop, Some(bound_tx)).await.map_err(|e| e.to_string())
+            meridian_spanserver::server::run(opts, tt, stop, Some(bound_tx))
+                .await
+                .map_err(|e| e.to_string())
         }));
         match bound_rx.await {
             Ok(addrs) => {
@@ -73,7 +84,10 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
     let url = format!("postgresql://root@{pg}/meridian?sslmode=disable");
     wait_ready(pg).await?;
 
-    println!("Meridian demo: 1 placement driver and 3 spanservers in zones {}.", ZONES.join(", "));
+    println!(
+        "Meridian demo: 1 placement driver and 3 spanservers in zones {}.",
+        ZONES.join(", ")
+    );
     println!("INSECURE: no TLS and no passwords; for local experiments only.");
     println!("data directory: {}", dir.path().display());
     println!("SQL URL: {url}");
@@ -83,7 +97,10 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
         println!("serving until SIGINT or SIGTERM");
         crate::wait_for_signal().await;
     } else {
-        let opts = meridian_client::shell::ShellOptions { url: url.clone(), execute: None };
+        let opts = meridian_client::shell::ShellOptions {
+            url: url.clone(),
+            execute: None,
+        };
         if let Err(e) = meridian_client::shell::run(opts).await {
             eprintln!("shell: {e}");
         }
@@ -98,14 +115,19 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
         }
     }
     let path = dir.path().to_path_buf();
-    dir.close().map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+    dir.close()
+        .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
     Ok(())
 }
 
 /// Waits until the first server answers SQL that reads the catalog.
 async fn wait_ready(pg: SocketAddr) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let conn_str = format!("host={} port={} user=root dbname=meridian", pg.ip(), pg.port());
+    let conn_str = format!(
+        "host={} port={} user=root dbname=meridian",
+        pg.ip(),
+        pg.port()
+    );
     let mut last = String::new();
     while Instant::now() < deadline {
         match tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await {
@@ -123,5 +145,7 @@ async fn wait_ready(pg: SocketAddr) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(format!("the demo cluster did not become ready in {READY_TIMEOUT:?}: {last}"))
+    Err(format!(
+        "the demo cluster did not become ready in {READY_TIMEOUT:?}: {last}"
+    ))
 }

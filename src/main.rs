@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 use meridian_truetime::{SystemTrueTime, TrueTime};
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "Meridian: a Spanner-like, globally distributed SQL database")]
+#[command(
+    name = "meridian",
+    version,
+    about = "Meridian: a Spanner-like, globally distributed SQL database"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,7 +89,10 @@ enum Command {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// A watch channel that turns true on SIGINT or SIGTERM.
@@ -115,7 +122,10 @@ async fn wait_for_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("meridian: cannot start the runtime: {e}");
@@ -131,10 +141,20 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
-            Command::Start { id, zone, data_dir, listen, advertise, pg_listen, pd, clock_epsilon_ms } => {
+            Command::Start {
+                id,
+                zone,
+                data_dir,
+                listen,
+                advertise,
+                pg_listen,
+                pd,
+                clock_epsilon_ms,
+            } => {
                 init_tracing("info");
                 let shutdown = shutdown_on_signals();
-                let tt: Arc<dyn TrueTime> = Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms)));
+                let tt: Arc<dyn TrueTime> =
+                    Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms)));
                 let opts = meridian_spanserver::server::ServerOptions {
                     id,
                     zone,
@@ -144,7 +164,9 @@ fn main() -> ExitCode {
                     pg_listen,
                     pd,
                 };
-                meridian_spanserver::server::run(opts, tt, shutdown, None).await.map_err(|e| e.to_string())
+                meridian_spanserver::server::run(opts, tt, shutdown, None)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Command::Demo { pg_port, no_shell } => {
                 init_tracing("warn");

@@ -7,7 +7,11 @@ use crate::state::Server;
 /// Picks `n` servers for a new tablet: distinct zones first, then distinct servers, fewest
 /// hosted replicas first (ties broken by id, so placement is deterministic). Returns `None` if
 /// fewer than `n` servers exist.
-pub fn choose_replicas(servers: &[&Server], load: &BTreeMap<u64, usize>, n: usize) -> Option<Vec<u64>> {
+pub fn choose_replicas(
+    servers: &[&Server],
+    load: &BTreeMap<u64, usize>,
+    n: usize,
+) -> Option<Vec<u64>> {
     if servers.len() < n {
         return None;
     }
@@ -33,12 +37,22 @@ mod tests {
     use super::*;
 
     fn server(id: u64, zone: &str) -> Server {
-        Server { id, zone: zone.into(), addr: String::new(), pg_addr: String::new() }
+        Server {
+            id,
+            zone: zone.into(),
+            addr: String::new(),
+            pg_addr: String::new(),
+        }
     }
 
     #[test]
     fn spreads_across_zones_before_doubling_up() {
-        let s = [server(1, "a"), server(2, "a"), server(3, "b"), server(4, "c")];
+        let s = [
+            server(1, "a"),
+            server(2, "a"),
+            server(3, "b"),
+            server(4, "c"),
+        ];
         let refs: Vec<&Server> = s.iter().collect();
         let chosen = choose_replicas(&refs, &BTreeMap::new(), 3).expect("enough servers");
         assert_eq!(chosen, vec![1, 3, 4]);
@@ -46,7 +60,12 @@ mod tests {
 
     #[test]
     fn prefers_less_loaded_servers() {
-        let s = [server(1, "a"), server(2, "a"), server(3, "b"), server(4, "c")];
+        let s = [
+            server(1, "a"),
+            server(2, "a"),
+            server(3, "b"),
+            server(4, "c"),
+        ];
         let refs: Vec<&Server> = s.iter().collect();
         let load = BTreeMap::from([(1, 5), (2, 0)]);
         let chosen = choose_replicas(&refs, &load, 3).expect("enough servers");

@@ -34,7 +34,10 @@ pub enum PdError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("gRPC server: {0}")]
@@ -64,11 +67,20 @@ impl Pd {
         std::fs::create_dir_all(data_dir)?;
         let file = StateFile::new(data_dir);
         let durable = file.load()?;
-        Ok(Pd { file, inner: Mutex::new(Inner { durable, leaders: HashMap::new(), last_seen: HashMap::new() }) })
+        Ok(Pd {
+            file,
+            inner: Mutex::new(Inner {
+                durable,
+                leaders: HashMap::new(),
+                last_seen: HashMap::new(),
+            }),
+        })
     }
 
     fn save(&self, state: &DurableState) -> Result<(), Status> {
-        self.file.save(state).map_err(|e| Status::internal(format!("cannot persist PD state: {e}")))
+        self.file
+            .save(state)
+            .map_err(|e| Status::internal(format!("cannot persist PD state: {e}")))
     }
 
     fn descriptor(inner: &Inner, t: &Tablet) -> pb::TabletDescriptor {
@@ -82,11 +94,21 @@ impl Pd {
     }
 
     fn server_info(s: &Server) -> pb::ServerInfo {
-        pb::ServerInfo { id: s.id, zone: s.zone.clone(), addr: s.addr.clone(), pg_addr: s.pg_addr.clone() }
+        pb::ServerInfo {
+            id: s.id,
+            zone: s.zone.clone(),
+            addr: s.addr.clone(),
+            pg_addr: s.pg_addr.clone(),
+        }
     }
 
     /// Places a new tablet over `[start, end)` with id `group`; the caller saves the state.
-    fn place(inner: &mut Inner, group: u64, start: Vec<u8>, end: Vec<u8>) -> Result<Tablet, Status> {
+    fn place(
+        inner: &mut Inner,
+        group: u64,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    ) -> Result<Tablet, Status> {
         let mut load: BTreeMap<u64, usize> = BTreeMap::new();
         for t in inner.durable.tablets.values() {
             for r in &t.replicas {
@@ -98,28 +120,46 @@ impl Pd {
             .durable
             .servers
             .values()
-            .filter(|s| inner.last_seen.get(&s.id).is_some_and(|t| now.duration_since(*t) < LIVENESS_TIMEOUT))
+            .filter(|s| {
+                inner
+                    .last_seen
+                    .get(&s.id)
+                    .is_some_and(|t| now.duration_since(*t) < LIVENESS_TIMEOUT)
+            })
             .collect();
         let candidates: Vec<&Server> = if live.len() >= REPLICATION_FACTOR {
             live
         } else {
             inner.durable.servers.values().collect()
         };
-        let replicas = choose_replicas(&candidates, &load, REPLICATION_FACTOR).ok_or_else(|| {
-            Status::unavailable(format!(
-                "{} servers registered; a tablet needs {REPLICATION_FACTOR}",
-                inner.durable.servers.len()
-            ))
-        })?;
-        Ok(Tablet { group, start, end, replicas })
+        let replicas =
+            choose_replicas(&candidates, &load, REPLICATION_FACTOR).ok_or_else(|| {
+                Status::unavailable(format!(
+                    "{} servers registered; a tablet needs {REPLICATION_FACTOR}",
+                    inner.durable.servers.len()
+                ))
+            })?;
+        Ok(Tablet {
+            group,
+            start,
+            end,
+            replicas,
+        })
     }
 
     /// Creates the system tablet once enough servers have registered.
     fn maybe_bootstrap(&self, inner: &mut Inner) -> Result<Option<Tablet>, Status> {
-        if inner.durable.tablets.contains_key(&SYSTEM_GROUP) || inner.durable.servers.len() < REPLICATION_FACTOR {
+        if inner.durable.tablets.contains_key(&SYSTEM_GROUP)
+            || inner.durable.servers.len() < REPLICATION_FACTOR
+        {
             return Ok(None);
         }
-        let tablet = Self::place(inner, SYSTEM_GROUP, Vec::new(), table_prefix(FIRST_USER_TABLE_ID))?;
+        let tablet = Self::place(
+            inner,
+            SYSTEM_GROUP,
+            Vec::new(),
+            table_prefix(FIRST_USER_TABLE_ID),
+        )?;
         let mut next = inner.durable.clone();
         next.tablets.insert(SYSTEM_GROUP, tablet.clone());
         self.save(&next)?;
@@ -133,7 +173,9 @@ impl Pd {
         let inner = self.inner.lock();
         let mut tasks = Vec::new();
         for r in &tablet.replicas {
-            let Some(server) = inner.durable.servers.get(r) else { continue };
+            let Some(server) = inner.durable.servers.get(r) else {
+                continue;
+            };
             let addr = server.addr.clone();
             let desc = pb::ReplicaDescriptor {
                 group_id: tablet.group,
@@ -160,8 +202,14 @@ impl Pd {
 
 #[tonic::async_trait]
 impl pb::placement_driver_server::PlacementDriver for Pd {
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        let info = request.into_inner().server.ok_or_else(|| Status::invalid_argument("server is required"))?;
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let info = request
+            .into_inner()
+            .server
+            .ok_or_else(|| Status::invalid_argument("server is required"))?;
         if info.id == 0 {
             return Err(Status::invalid_argument("server id 0 is reserved"));
         }
@@ -170,7 +218,12 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
         }
         let bootstrapped = {
             let mut inner = self.inner.lock();
-            let server = Server { id: info.id, zone: info.zone, addr: info.addr, pg_addr: info.pg_addr };
+            let server = Server {
+                id: info.id,
+                zone: info.zone,
+                addr: info.addr,
+                pg_addr: info.pg_addr,
+            };
             if inner.durable.servers.get(&server.id) != Some(&server) {
                 let mut next = inner.durable.clone();
                 next.servers.insert(server.id, server.clone());
@@ -194,7 +247,10 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
         let req = request.into_inner();
         let mut inner = self.inner.lock();
         if !inner.durable.servers.contains_key(&req.server_id) {
-            return Err(Status::not_found(format!("server {} is not registered", req.server_id)));
+            return Err(Status::not_found(format!(
+                "server {} is not registered",
+                req.server_id
+            )));
         }
         inner.last_seen.insert(req.server_id, Instant::now());
         for r in &req.replicas {
@@ -212,7 +268,12 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
             .filter(|t| t.replicas.contains(&req.server_id))
             .map(|t| Self::descriptor(&inner, t))
             .collect();
-        let servers = inner.durable.servers.values().map(Self::server_info).collect();
+        let servers = inner
+            .durable
+            .servers
+            .values()
+            .map(Self::server_info)
+            .collect();
         Ok(Response::new(pb::HeartbeatResponse { assigned, servers }))
     }
 
@@ -221,8 +282,18 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
         _request: Request<pb::GetDirectoryRequest>,
     ) -> Result<Response<pb::GetDirectoryResponse>, Status> {
         let inner = self.inner.lock();
-        let tablets = inner.durable.tablets.values().map(|t| Self::descriptor(&inner, t)).collect();
-        let servers = inner.durable.servers.values().map(Self::server_info).collect();
+        let tablets = inner
+            .durable
+            .tablets
+            .values()
+            .map(|t| Self::descriptor(&inner, t))
+            .collect();
+        let servers = inner
+            .durable
+            .servers
+            .values()
+            .map(Self::server_info)
+            .collect();
         Ok(Response::new(pb::GetDirectoryResponse { tablets, servers }))
     }
 
@@ -233,12 +304,21 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
         let (table_id, tablet, descriptor) = {
             let mut inner = self.inner.lock();
             if !inner.durable.tablets.contains_key(&SYSTEM_GROUP) {
-                return Err(Status::unavailable("the cluster is not bootstrapped yet (needs 3 servers)"));
+                return Err(Status::unavailable(
+                    "the cluster is not bootstrapped yet (needs 3 servers)",
+                ));
             }
             let table_id = inner.durable.next_table_id;
-            let end_id = table_id.checked_add(1).ok_or_else(|| Status::resource_exhausted("table ids exhausted"))?;
+            let end_id = table_id
+                .checked_add(1)
+                .ok_or_else(|| Status::resource_exhausted("table ids exhausted"))?;
             let group = inner.durable.next_group_id;
-            let tablet = Self::place(&mut inner, group, table_prefix(table_id), table_prefix(end_id))?;
+            let tablet = Self::place(
+                &mut inner,
+                group,
+                table_prefix(table_id),
+                table_prefix(end_id),
+            )?;
             let mut next = inner.durable.clone();
             next.next_table_id = end_id;
             next.next_group_id = group + 1;
@@ -252,7 +332,10 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
         for task in self.push_replicas(&tablet) {
             let _ = task.await;
         }
-        Ok(Response::new(pb::CreateTableRangeResponse { table_id, tablet: Some(descriptor) }))
+        Ok(Response::new(pb::CreateTableRangeResponse {
+            table_id,
+            tablet: Some(descriptor),
+        }))
     }
 }
 
@@ -263,8 +346,12 @@ pub async fn run(
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), PdError> {
     let pd = Pd::open(&opts.data_dir)?;
-    let listener =
-        TcpListener::bind(opts.listen).await.map_err(|source| PdError::Listen { addr: opts.listen, source })?;
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| PdError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %opts.data_dir.display(), "placement driver listening");
     if let Some(b) = bound {

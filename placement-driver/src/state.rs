@@ -54,9 +54,15 @@ impl Default for DurableState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is corrupt: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Where the state lives on disk.
@@ -66,22 +72,32 @@ pub struct StateFile {
 
 impl StateFile {
     pub fn new(data_dir: &Path) -> StateFile {
-        StateFile { path: data_dir.join("pd.json") }
+        StateFile {
+            path: data_dir.join("pd.json"),
+        }
     }
 
     /// Loads the state, or the initial state if none was ever saved.
     pub fn load(&self) -> Result<DurableState, StateError> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StateError::Corrupt { path: self.path.clone(), source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DurableState::default()),
-            Err(source) => Err(StateError::Io { path: self.path.clone(), source }),
+            Err(source) => Err(StateError::Io {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
     /// Saves `state` atomically and durably.
     pub fn save(&self, state: &DurableState) -> Result<(), StateError> {
-        let io = |source| StateError::Io { path: self.path.clone(), source };
+        let io = |source| StateError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| io(std::io::Error::other(e)))?;
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -107,8 +123,24 @@ mod tests {
         let file = StateFile::new(dir.path());
         assert_eq!(file.load().expect("load"), DurableState::default());
         let mut s = DurableState::default();
-        s.servers.insert(1, Server { id: 1, zone: "a".into(), addr: "x:1".into(), pg_addr: "x:2".into() });
-        s.tablets.insert(1, Tablet { group: 1, start: vec![], end: vec![0, 0, 0, 100], replicas: vec![1] });
+        s.servers.insert(
+            1,
+            Server {
+                id: 1,
+                zone: "a".into(),
+                addr: "x:1".into(),
+                pg_addr: "x:2".into(),
+            },
+        );
+        s.tablets.insert(
+            1,
+            Tablet {
+                group: 1,
+                start: vec![],
+                end: vec![0, 0, 0, 100],
+                replicas: vec![1],
+            },
+        );
         s.next_table_id = 105;
         file.save(&s).expect("save");
         assert_eq!(file.load().expect("load"), s);
@@ -118,6 +150,9 @@ mod tests {
     fn corrupt_file_is_an_error_not_a_reset() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("pd.json"), b"{not json").expect("write");
-        assert!(matches!(StateFile::new(dir.path()).load(), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            StateFile::new(dir.path()).load(),
+            Err(StateError::Corrupt { .. })
+        ));
     }
 }

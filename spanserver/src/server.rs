@@ -22,8 +22,8 @@ use crate::raft::driver::{self, DriverConfig, DriverHandle, Event, Registry};
 use crate::raft::transport::Transport;
 use crate::raft::{GroupId, ServerId};
 use crate::service::{EngineSlot, RaftService, TabletService};
-use crate::storage::rocks::RocksEngine;
 use crate::storage::engine::Engine;
+use crate::storage::rocks::RocksEngine;
 use crate::tablet::{KeyRange, ReplicaDescriptor};
 
 /// How often a server heartbeats to the placement driver.
@@ -61,7 +61,10 @@ pub enum ServerError {
     #[error("storage: {0}")]
     Storage(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -85,19 +88,32 @@ pub async fn run(
         return Err(ServerError::Options("--id must be at least 1".into()));
     }
     if opts.pd.is_empty() {
-        return Err(ServerError::Options("at least one --pd address is needed".into()));
+        return Err(ServerError::Options(
+            "at least one --pd address is needed".into(),
+        ));
     }
     std::fs::create_dir_all(&opts.data_dir)?;
     let engine: Arc<dyn Engine> = Arc::new(
-        RocksEngine::open(&opts.data_dir.join("db")).map_err(|e| ServerError::Storage(e.to_string()))?,
+        RocksEngine::open(&opts.data_dir.join("db"))
+            .map_err(|e| ServerError::Storage(e.to_string()))?,
     );
     let grpc_listener = TcpListener::bind(opts.listen.as_str())
         .await
-        .map_err(|source| ServerError::Listen { addr: opts.listen.clone(), source })?;
-    let pg_listener = TcpListener::bind(opts.pg_listen)
-        .await
-        .map_err(|source| ServerError::Listen { addr: opts.pg_listen.to_string(), source })?;
-    let addrs = BoundAddrs { grpc: grpc_listener.local_addr()?, pg: pg_listener.local_addr()? };
+        .map_err(|source| ServerError::Listen {
+            addr: opts.listen.clone(),
+            source,
+        })?;
+    let pg_listener =
+        TcpListener::bind(opts.pg_listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: opts.pg_listen.to_string(),
+                source,
+            })?;
+    let addrs = BoundAddrs {
+        grpc: grpc_listener.local_addr()?,
+        pg: pg_listener.local_addr()?,
+    };
     let server = ServerId(opts.id);
     tracing::info!(server = opts.id, zone = %opts.zone, grpc = %addrs.grpc, pg = %addrs.pg, "spanserver starting");
 
@@ -114,21 +130,31 @@ pub async fn run(
 
     let gateway = Gateway::new(opts.pd.clone());
     let engine_slot = EngineSlot::new(engine.clone());
-    let tablet_service =
-        TabletService { engine: engine_slot.clone(), tt: tt.clone(), registry: registry.clone(), driver: driver.clone() };
-    let raft_service = RaftService { driver: driver.clone() };
+    let tablet_service = TabletService {
+        engine: engine_slot.clone(),
+        tt: tt.clone(),
+        registry: registry.clone(),
+        driver: driver.clone(),
+    };
+    let raft_service = RaftService {
+        driver: driver.clone(),
+    };
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(pb::tablet_server::TabletServer::new(tablet_service))
-            .add_service(pb::raft_transport_server::RaftTransportServer::new(raft_service))
+            .add_service(pb::raft_transport_server::RaftTransportServer::new(
+                raft_service,
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
                 let _ = grpc_shutdown.wait_for(|s| *s).await;
             }),
     );
 
-    let store = Arc::new(GatewayStore { gateway: gateway.clone() });
+    let store = Arc::new(GatewayStore {
+        gateway: gateway.clone(),
+    });
     let mut pg_shutdown = shutdown.clone();
     let pg = tokio::spawn(meridian_sql::serve(pg_listener, store, async move {
         let _ = pg_shutdown.wait_for(|s| *s).await;
@@ -178,7 +204,10 @@ pub async fn run(
 /// until its future (and the engine it holds) is dropped, so the data directory is free when
 /// `run` returns.
 async fn stop_within_grace<T>(mut task: tokio::task::JoinHandle<T>) {
-    if tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+        .await
+        .is_err()
+    {
         task.abort();
         let _ = task.await;
     }
@@ -229,7 +258,12 @@ async fn heartbeat_loop(
             }
         };
         if !registered {
-            match client.register(pb::RegisterRequest { server: Some(info.clone()) }).await {
+            match client
+                .register(pb::RegisterRequest {
+                    server: Some(info.clone()),
+                })
+                .await
+            {
                 Ok(_) => {
                     registered = true;
                     tracing::info!(pd = %addr, "registered with the placement driver");
@@ -250,7 +284,13 @@ async fn heartbeat_loop(
                 applied_index: r.applied_index.load(Ordering::Acquire),
             })
             .collect();
-        let resp = match client.heartbeat(pb::HeartbeatRequest { server_id: info.id, replicas }).await {
+        let resp = match client
+            .heartbeat(pb::HeartbeatRequest {
+                server_id: info.id,
+                replicas,
+            })
+            .await
+        {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 tracing::warn!(pd = %addr, %status, "heartbeat failed");
@@ -270,7 +310,10 @@ async fn heartbeat_loop(
             }
             let desc = ReplicaDescriptor {
                 group: t.group_id,
-                range: KeyRange { start: t.start, end: t.end },
+                range: KeyRange {
+                    start: t.start,
+                    end: t.end,
+                },
                 peers: t.replicas,
             };
             driver.send(Event::CreateReplica { desc, reply: None });

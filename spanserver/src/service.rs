@@ -80,14 +80,18 @@ impl TabletService {
     fn leader_replica(&self, group: GroupId) -> Result<Arc<ReplicaShared>, pb::TabletError> {
         let replica = self.registry.read().get(&group).cloned();
         let Some(replica) = replica else {
-            return Err(pb::TabletError { kind: Some(Kind::Unavailable(format!("no replica of {group} here"))) });
+            return Err(pb::TabletError {
+                kind: Some(Kind::Unavailable(format!("no replica of {group} here"))),
+            });
         };
         if replica.serving.load(Ordering::Acquire) {
             return Ok(replica);
         }
         if replica.is_leader.load(Ordering::Acquire) {
             return Err(pb::TabletError {
-                kind: Some(Kind::Unavailable("new leader still applying earlier terms".into())),
+                kind: Some(Kind::Unavailable(
+                    "new leader still applying earlier terms".into(),
+                )),
             });
         }
         Err(pb::TabletError {
@@ -101,12 +105,20 @@ impl TabletService {
 
 #[tonic::async_trait]
 impl pb::tablet_server::Tablet for TabletService {
-    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         let req = request.into_inner();
         let group = GroupId(req.group_id);
         let replica = match self.leader_replica(group) {
             Ok(r) => r,
-            Err(e) => return Ok(Response::new(pb::ScanResponse { error: Some(e), ..Default::default() })),
+            Err(e) => {
+                return Ok(Response::new(pb::ScanResponse {
+                    error: Some(e),
+                    ..Default::default()
+                }))
+            }
         };
         if !replica.desc.range.covers(&req.start, &req.end) {
             return Ok(Response::new(pb::ScanResponse {
@@ -125,8 +137,10 @@ impl pb::tablet_server::Tablet for TabletService {
             return Err(Status::unavailable("server shutting down"));
         };
         let (start, end) = (req.start, req.end);
-        let result =
-            tokio::task::spawn_blocking(move || mvcc::scan(engine.as_ref(), &start, &end, observed, limit)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            mvcc::scan(engine.as_ref(), &start, &end, observed, limit)
+        })
+        .await;
         let scan = match result {
             Ok(Ok(scan)) => scan,
             Ok(Err(e)) => {
@@ -144,7 +158,13 @@ impl pb::tablet_server::Tablet for TabletService {
         let rows = scan
             .rows
             .into_iter()
-            .filter_map(|(key, v)| v.value.map(|value| pb::KvVersion { key, value, version_ts: v.ts.0 }))
+            .filter_map(|(key, v)| {
+                v.value.map(|value| pb::KvVersion {
+                    key,
+                    value,
+                    version_ts: v.ts.0,
+                })
+            })
             .collect();
         Ok(Response::new(pb::ScanResponse {
             error: None,
@@ -154,38 +174,62 @@ impl pb::tablet_server::Tablet for TabletService {
         }))
     }
 
-    async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
         let req = request.into_inner();
         let group = GroupId(req.group_id);
         let commit = tablet::CommitRequest {
             reads: req
                 .read_ranges
                 .into_iter()
-                .map(|r| tablet::ReadRange { start: r.start, end: r.end, observed_ts: Timestamp(r.observed_ts) })
+                .map(|r| tablet::ReadRange {
+                    start: r.start,
+                    end: r.end,
+                    observed_ts: Timestamp(r.observed_ts),
+                })
                 .collect(),
             mutations: req
                 .mutations
                 .into_iter()
-                .map(|m| tablet::Mutation { key: m.key, value: if m.delete { None } else { Some(m.value) } })
+                .map(|m| tablet::Mutation {
+                    key: m.key,
+                    value: if m.delete { None } else { Some(m.value) },
+                })
                 .collect(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if !self.driver.send(Event::Commit { group, request: commit, reply: tx }) {
+        if !self.driver.send(Event::Commit {
+            group,
+            request: commit,
+            reply: tx,
+        }) {
             return Err(Status::unavailable("server shutting down"));
         }
         let outcome = match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(CommitError::Ambiguous("server stopped during the commit".into())),
-            Err(_) => Err(CommitError::Ambiguous("commit timed out in replication".into())),
+            Ok(Err(_)) => Err(CommitError::Ambiguous(
+                "server stopped during the commit".into(),
+            )),
+            Err(_) => Err(CommitError::Ambiguous(
+                "commit timed out in replication".into(),
+            )),
         };
         match outcome {
             Ok(ts) => {
                 // Commit wait: ts was chosen before the Raft round, so this only waits for what
                 // is left of the uncertainty after replication.
                 meridian_truetime::wait_until_after(self.tt.as_ref(), ts).await;
-                Ok(Response::new(pb::CommitResponse { error: None, commit_ts: ts.0 }))
+                Ok(Response::new(pb::CommitResponse {
+                    error: None,
+                    commit_ts: ts.0,
+                }))
             }
-            Err(e) => Ok(Response::new(pb::CommitResponse { error: commit_error(e, group), commit_ts: 0 })),
+            Err(e) => Ok(Response::new(pb::CommitResponse {
+                error: commit_error(e, group),
+                commit_ts: 0,
+            })),
         }
     }
 
@@ -196,14 +240,20 @@ impl pb::tablet_server::Tablet for TabletService {
         let req = request.into_inner();
         let desc = ReplicaDescriptor {
             group: req.group_id,
-            range: KeyRange { start: req.start, end: req.end },
+            range: KeyRange {
+                start: req.start,
+                end: req.end,
+            },
             peers: req.replicas,
         };
         if desc.peers.is_empty() {
             return Err(Status::invalid_argument("a replica needs peers"));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if !self.driver.send(Event::CreateReplica { desc, reply: Some(tx) }) {
+        if !self.driver.send(Event::CreateReplica {
+            desc,
+            reply: Some(tx),
+        }) {
             return Err(Status::unavailable("server shutting down"));
         }
         match rx.await {
@@ -221,7 +271,10 @@ pub struct RaftService {
 
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for RaftService {
-    async fn send(&self, request: Request<Streaming<pb::RaftBatch>>) -> Result<Response<pb::RaftAck>, Status> {
+    async fn send(
+        &self,
+        request: Request<Streaming<pb::RaftBatch>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.next().await {
             let batch = batch?;

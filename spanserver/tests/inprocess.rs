@@ -54,7 +54,10 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let (pd_stop, rx) = watch::channel(false);
         let (btx, brx) = oneshot::channel();
-        let opts = meridian_pd::PdOptions { data_dir: dir.path().join("pd"), listen: "127.0.0.1:0".parse().expect("addr") };
+        let opts = meridian_pd::PdOptions {
+            data_dir: dir.path().join("pd"),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+        };
         tokio::spawn(meridian_pd::run(opts, rx, Some(btx)));
         let pd_addr = brx.await.expect("pd started").to_string();
         let mut nodes = Vec::new();
@@ -64,7 +67,13 @@ impl Cluster {
             nodes.push(Some(node));
             grpc_ports.push(bound.grpc.port());
         }
-        Cluster { dir, pd_addr, pd_stop, nodes, grpc_ports }
+        Cluster {
+            dir,
+            pd_addr,
+            pd_stop,
+            nodes,
+            grpc_ports,
+        }
     }
 
     async fn stop(&mut self, i: usize) {
@@ -75,12 +84,20 @@ impl Cluster {
     }
 
     async fn restart(&mut self, i: usize) {
-        let (node, _) = start_node(self.dir.path(), &self.pd_addr, i as u64 + 1, self.grpc_ports[i]).await;
+        let (node, _) = start_node(
+            self.dir.path(),
+            &self.pd_addr,
+            i as u64 + 1,
+            self.grpc_ports[i],
+        )
+        .await;
         self.nodes[i] = Some(node);
     }
 
     fn store(&self) -> GatewayStore {
-        GatewayStore { gateway: Gateway::new(vec![self.pd_addr.clone()]) }
+        GatewayStore {
+            gateway: Gateway::new(vec![self.pd_addr.clone()]),
+        }
     }
 
     async fn shutdown(mut self) {
@@ -114,7 +131,9 @@ fn key(table: u32, k: u32) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicated_commits_survive_failover_and_restart() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
     let mut cluster = Cluster::start().await;
@@ -132,12 +151,17 @@ async fn replicated_commits_survive_failover_and_restart() {
 
     let mut last_ts = 0;
     for i in 0..20 {
-        let ts = put(&store, &key(table, i), format!("v{i}").as_bytes()).await.expect("commit");
+        let ts = put(&store, &key(table, i), format!("v{i}").as_bytes())
+            .await
+            .expect("commit");
         assert!(ts > last_ts, "commit timestamps increase within a group");
         last_ts = ts;
     }
     // Commit wait: the timestamp is in the past when the commit returns.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
     assert!(last_ts < now);
 
     // A conflicting pair: both read k0, both write it; the second to commit must fail.
@@ -154,14 +178,22 @@ async fn replicated_commits_survive_failover_and_restart() {
     for victim in 0..3 {
         cluster.stop(victim).await;
         let started = Instant::now();
-        put(&store, &key(table, 100 + victim as u32), b"after").await.expect("commit with one server down");
+        put(&store, &key(table, 100 + victim as u32), b"after")
+            .await
+            .expect("commit with one server down");
         assert!(started.elapsed() < Duration::from_secs(15));
         for i in 1..20 {
-            assert_eq!(get(&store, &key(table, i)).await.expect("read"), Some(format!("v{i}").into_bytes()));
+            assert_eq!(
+                get(&store, &key(table, i)).await.expect("read"),
+                Some(format!("v{i}").into_bytes())
+            );
         }
         cluster.restart(victim).await;
     }
-    assert_eq!(get(&store, &key(table, 0)).await.expect("read"), Some(b"t1".to_vec()));
+    assert_eq!(
+        get(&store, &key(table, 0)).await.expect("read"),
+        Some(b"t1".to_vec())
+    );
 
     // Restart everything from disk.
     for i in 0..3 {
@@ -172,10 +204,18 @@ async fn replicated_commits_survive_failover_and_restart() {
     }
     let store = cluster.store();
     for i in 1..20 {
-        assert_eq!(get(&store, &key(table, i)).await.expect("read after restart"), Some(format!("v{i}").into_bytes()));
+        assert_eq!(
+            get(&store, &key(table, i))
+                .await
+                .expect("read after restart"),
+            Some(format!("v{i}").into_bytes())
+        );
     }
     for victim in 0..3u32 {
-        assert_eq!(get(&store, &key(table, 100 + victim)).await.expect("read"), Some(b"after".to_vec()));
+        assert_eq!(
+            get(&store, &key(table, 100 + victim)).await.expect("read"),
+            Some(b"after".to_vec())
+        );
     }
     cluster.shutdown().await;
 }

@@ -21,7 +21,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A point in time: nanoseconds since the Unix epoch.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct Timestamp(pub u64);
 
@@ -41,14 +51,25 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(1))
     }
 
-    /// This timestamp moved forward by `d`, saturating.
-    pub fn add(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64))
+    /// Nanoseconds in `d`, saturating at `u64::MAX`.
+    fn nanos_of(d: Duration) -> u64 {
+        d.as_nanos().min(u64::MAX as u128) as u64
     }
+}
 
-    /// This timestamp moved back by `d`, saturating at zero.
-    pub fn sub(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_sub(d.as_nanos().min(u64::MAX as u128) as u64))
+/// `t + d`, saturating at `Timestamp::MAX`.
+impl std::ops::Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(Timestamp::nanos_of(d)))
+    }
+}
+
+/// `t - d`, saturating at zero.
+impl std::ops::Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn sub(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(Timestamp::nanos_of(d)))
     }
 }
 
@@ -135,7 +156,10 @@ impl Default for SystemTrueTime {
 impl TrueTime for SystemTrueTime {
     fn now(&self) -> TtInterval {
         let t = Timestamp(system_nanos());
-        TtInterval { earliest: t.sub(self.epsilon), latest: t.add(self.epsilon) }
+        TtInterval {
+            earliest: t - self.epsilon,
+            latest: t + self.epsilon,
+        }
     }
 }
 
@@ -165,12 +189,14 @@ impl SimulatedClock {
     }
 
     pub fn set_epsilon(&self, epsilon: Duration) {
-        self.epsilon_ns.store(epsilon.as_nanos() as u64, Ordering::SeqCst);
+        self.epsilon_ns
+            .store(epsilon.as_nanos() as u64, Ordering::SeqCst);
     }
 
     /// Above this ε, `check_usable` fails.
     pub fn set_max_epsilon(&self, max: Duration) {
-        self.max_epsilon_ns.store(max.as_nanos() as u64, Ordering::SeqCst);
+        self.max_epsilon_ns
+            .store(max.as_nanos() as u64, Ordering::SeqCst);
     }
 }
 
@@ -189,7 +215,10 @@ impl TrueTime for SimulatedClock {
         let eps = self.epsilon_ns.load(Ordering::SeqCst);
         let max = self.max_epsilon_ns.load(Ordering::SeqCst);
         if eps > max {
-            return Err(ClockError::Uncertain { epsilon_ns: eps, max_ns: max });
+            return Err(ClockError::Uncertain {
+                epsilon_ns: eps,
+                max_ns: max,
+            });
         }
         Ok(())
     }
@@ -223,9 +252,9 @@ mod tests {
     fn after_and_before() {
         let tt = SimulatedClock::new(0, Duration::from_millis(1));
         let now = tt.now();
-        assert!(tt.after(now.earliest.sub(Duration::from_millis(5))));
+        assert!(tt.after(now.earliest - Duration::from_millis(5)));
         assert!(!tt.after(now.latest));
-        assert!(tt.before(now.latest.add(Duration::from_millis(50))));
+        assert!(tt.before(now.latest + Duration::from_millis(50)));
     }
 
     #[test]

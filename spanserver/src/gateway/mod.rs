@@ -122,17 +122,25 @@ impl Gateway {
                 Err(status) => last_error = status.message().to_string(),
             }
         }
-        Err(StoreError::Unavailable(format!("placement driver unreachable: {last_error}")))
+        Err(StoreError::Unavailable(format!(
+            "placement driver unreachable: {last_error}"
+        )))
     }
 
     /// Replaces the cached directory (also fed by the server's heartbeats).
-    pub fn install_directory(&self, mut tablets: Vec<pb::TabletDescriptor>, servers: Vec<pb::ServerInfo>) {
+    pub fn install_directory(
+        &self,
+        mut tablets: Vec<pb::TabletDescriptor>,
+        servers: Vec<pb::ServerInfo>,
+    ) {
         tablets.sort_by(|a, b| a.start.cmp(&b.start));
         {
             let mut leaders = self.leaders.write();
             for t in &tablets {
                 if t.leader_hint != 0 {
-                    leaders.entry(GroupId(t.group_id)).or_insert(ServerId(t.leader_hint));
+                    leaders
+                        .entry(GroupId(t.group_id))
+                        .or_insert(ServerId(t.leader_hint));
                 }
             }
         }
@@ -169,7 +177,9 @@ impl Gateway {
                 return Ok(r);
             }
             if Instant::now() > deadline {
-                return Err(StoreError::Unavailable("no tablet holds this key; is the cluster bootstrapped?".into()));
+                return Err(StoreError::Unavailable(
+                    "no tablet holds this key; is the cluster bootstrapped?".into(),
+                ));
             }
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;
@@ -190,13 +200,21 @@ impl Gateway {
         if n == 0 {
             return;
         }
-        let pos = route.replicas.iter().position(|r| *r == failed).unwrap_or(0);
-        self.leaders.write().insert(route.group, route.replicas[(pos + 1) % n]);
+        let pos = route
+            .replicas
+            .iter()
+            .position(|r| *r == failed)
+            .unwrap_or(0);
+        self.leaders
+            .write()
+            .insert(route.group, route.replicas[(pos + 1) % n]);
     }
 
     fn learn_leader(&self, route: &Route, not_leader: &pb::NotLeader, asked: ServerId) {
         if not_leader.leader_server != 0 && not_leader.leader_server != asked.0 {
-            self.leaders.write().insert(route.group, ServerId(not_leader.leader_server));
+            self.leaders
+                .write()
+                .insert(route.group, ServerId(not_leader.leader_server));
         } else {
             self.rotate(route, asked);
         }
@@ -231,7 +249,10 @@ impl Gateway {
             let route = self.route(start).await?;
             let piece_end = clip_end(&route, end);
             let Some(server) = self.target(&route) else {
-                return Err(StoreError::Internal(format!("tablet {} has no replicas", route.group)));
+                return Err(StoreError::Internal(format!(
+                    "tablet {} has no replicas",
+                    route.group
+                )));
             };
             let mut client = self.tablet_client(server).await?;
             let mut request = tonic::Request::new(pb::ScanRequest {
@@ -255,7 +276,9 @@ impl Gateway {
                             self.refresh_directory().await.ok();
                         }
                         Some(Kind::Conflict(m)) => return Err(StoreError::Retryable(m)),
-                        Some(Kind::Ambiguous(m)) | Some(Kind::Internal(m)) => return Err(StoreError::Internal(m)),
+                        Some(Kind::Ambiguous(m)) | Some(Kind::Internal(m)) => {
+                            return Err(StoreError::Internal(m))
+                        }
                     }
                 }
                 Err(status) => {
@@ -264,7 +287,10 @@ impl Gateway {
                 }
             }
             if Instant::now() > deadline {
-                return Err(StoreError::Unavailable(format!("no leader of tablet {} answered", route.group)));
+                return Err(StoreError::Unavailable(format!(
+                    "no leader of tablet {} answered",
+                    route.group
+                )));
             }
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;
@@ -272,12 +298,19 @@ impl Gateway {
     }
 
     /// Commits a single-group transaction at its leader; returns the commit timestamp.
-    pub async fn commit_group(&self, route: &Route, request: pb::CommitRequest) -> Result<u64, StoreError> {
+    pub async fn commit_group(
+        &self,
+        route: &Route,
+        request: pb::CommitRequest,
+    ) -> Result<u64, StoreError> {
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         let mut attempt = 0;
         loop {
             let Some(server) = self.target(route) else {
-                return Err(StoreError::Internal(format!("tablet {} has no replicas", route.group)));
+                return Err(StoreError::Internal(format!(
+                    "tablet {} has no replicas",
+                    route.group
+                )));
             };
             let mut client = self.tablet_client(server).await?;
             let mut rpc = tonic::Request::new(request.clone());
@@ -297,11 +330,15 @@ impl Gateway {
                         }
                         Some(Kind::Conflict(m)) => return Err(StoreError::Retryable(m)),
                         Some(Kind::Ambiguous(m)) => {
-                            return Err(StoreError::Unavailable(format!("result is ambiguous: {m}")))
+                            return Err(StoreError::Unavailable(format!(
+                                "result is ambiguous: {m}"
+                            )))
                         }
                         Some(Kind::KeyOutOfRange(m)) => {
                             self.refresh_directory().await.ok();
-                            return Err(StoreError::Retryable(format!("tablet boundaries changed: {m}")));
+                            return Err(StoreError::Retryable(format!(
+                                "tablet boundaries changed: {m}"
+                            )));
                         }
                         Some(Kind::Internal(m)) => return Err(StoreError::Internal(m)),
                     }
@@ -319,7 +356,10 @@ impl Gateway {
                 }
             }
             if Instant::now() > deadline {
-                return Err(StoreError::Unavailable(format!("no leader of tablet {} answered", route.group)));
+                return Err(StoreError::Unavailable(format!(
+                    "no leader of tablet {} answered",
+                    route.group
+                )));
             }
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;

@@ -35,7 +35,12 @@ pub struct GatewayTxn {
 
 impl GatewayTxn {
     pub fn new(gateway: Arc<Gateway>) -> GatewayTxn {
-        GatewayTxn { gateway, writes: BTreeMap::new(), reads: Vec::new(), finished: false }
+        GatewayTxn {
+            gateway,
+            writes: BTreeMap::new(),
+            reads: Vec::new(),
+            finished: false,
+        }
     }
 
     /// Buffered writes in `[start, end)` (empty end = unbounded).
@@ -44,8 +49,13 @@ impl GatewayTxn {
         start: &'a [u8],
         end: &'a [u8],
     ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a {
-        let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
-        self.writes.range::<[u8], _>((Bound::Included(start), upper))
+        let upper = if end.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(end)
+        };
+        self.writes
+            .range::<[u8], _>((Bound::Included(start), upper))
     }
 }
 
@@ -67,7 +77,10 @@ impl Transaction for GatewayTxn {
             return Ok(v.clone());
         }
         let rows = self.scan(key, &key_successor(key), Some(1)).await?;
-        Ok(rows.into_iter().find(|(k, _)| k.as_slice() == key).map(|(_, v)| v))
+        Ok(rows
+            .into_iter()
+            .find(|(k, _)| k.as_slice() == key)
+            .map(|(_, v)| v))
     }
 
     async fn scan(
@@ -79,14 +92,24 @@ impl Transaction for GatewayTxn {
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut cursor = start.to_vec();
         while before_end(&cursor, end) {
-            let want = limit.map_or(PAGE_ROWS, |l| l.saturating_sub(out.len()).clamp(1, PAGE_ROWS));
+            let want = limit.map_or(PAGE_ROWS, |l| {
+                l.saturating_sub(out.len()).clamp(1, PAGE_ROWS)
+            });
             let (route, resp): (Route, pb::ScanResponse) =
                 self.gateway.scan_tablet(&cursor, end, want as u32).await?;
             let piece_end = super::clip_end(&route, end);
-            let covered_end = if resp.resume_key.is_empty() { piece_end.clone() } else { resp.resume_key.clone() };
+            let covered_end = if resp.resume_key.is_empty() {
+                piece_end.clone()
+            } else {
+                resp.resume_key.clone()
+            };
             self.reads.push((
                 route.group,
-                pb::ReadRange { start: cursor.clone(), end: covered_end.clone(), observed_ts: resp.observed_ts },
+                pb::ReadRange {
+                    start: cursor.clone(),
+                    end: covered_end.clone(),
+                    observed_ts: resp.observed_ts,
+                },
             ));
             // Merge the stored rows with this transaction's own writes in the covered range.
             let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
@@ -151,8 +174,16 @@ impl Transaction for GatewayTxn {
             mutations: std::mem::take(&mut self.writes)
                 .into_iter()
                 .map(|(key, value)| match value {
-                    Some(value) => pb::Mutation { key, value, delete: false },
-                    None => pb::Mutation { key, value: Vec::new(), delete: true },
+                    Some(value) => pb::Mutation {
+                        key,
+                        value,
+                        delete: false,
+                    },
+                    None => pb::Mutation {
+                        key,
+                        value: Vec::new(),
+                        delete: true,
+                    },
                 })
                 .collect(),
         };

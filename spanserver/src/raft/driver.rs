@@ -65,9 +65,16 @@ pub enum Event {
     /// A Raft message from a peer.
     Raft(GroupId, Message),
     /// Validate and commit a single-group transaction.
-    Commit { group: GroupId, request: CommitRequest, reply: CommitReply },
+    Commit {
+        group: GroupId,
+        request: CommitRequest,
+        reply: CommitReply,
+    },
     /// Host a replica (idempotent).
-    CreateReplica { desc: ReplicaDescriptor, reply: Option<oneshot::Sender<Result<(), String>>> },
+    CreateReplica {
+        desc: ReplicaDescriptor,
+        reply: Option<oneshot::Sender<Result<(), String>>>,
+    },
     /// Stop the thread.
     Shutdown,
 }
@@ -123,7 +130,11 @@ struct Replica {
 
 impl Replica {
     fn serving(&self) -> bool {
-        self.group.is_leader() && self.group.term_start_index().is_some_and(|i| self.applied_index >= i)
+        self.group.is_leader()
+            && self
+                .group
+                .term_start_index()
+                .is_some_and(|i| self.applied_index >= i)
     }
 
     /// Publishes leadership to other threads; on losing it, drops locks and fails waiters.
@@ -141,7 +152,8 @@ impl Replica {
         let s = &self.shared;
         s.is_leader.store(leader, Ordering::Release);
         s.serving.store(self.serving(), Ordering::Release);
-        s.leader.store(self.group.leader().map_or(0, |l| l.0), Ordering::Release);
+        s.leader
+            .store(self.group.leader().map_or(0, |l| l.0), Ordering::Release);
         s.term.store(self.group.term(), Ordering::Release);
     }
 }
@@ -166,7 +178,9 @@ pub fn start(config: DriverConfig) -> std::io::Result<(DriverHandle, std::thread
         next_proposal: 1,
     };
     driver.open_existing();
-    let handle = std::thread::Builder::new().name("raft-driver".into()).spawn(move || driver.run())?;
+    let handle = std::thread::Builder::new()
+        .name("raft-driver".into())
+        .spawn(move || driver.run())?;
     Ok((DriverHandle { tx }, handle))
 }
 
@@ -215,8 +229,14 @@ impl DriverLoop {
             engine.write(b, true).map_err(|e| e.to_string())?;
         }
         let peers: Vec<ServerId> = desc.peers.iter().map(|p| ServerId(*p)).collect();
-        let mut group = RaftGroup::open(id, self.config.server, &peers, engine.as_ref(), &self.config.logger)
-            .map_err(|e| e.to_string())?;
+        let mut group = RaftGroup::open(
+            id,
+            self.config.server,
+            &peers,
+            engine.as_ref(),
+            &self.config.logger,
+        )
+        .map_err(|e| e.to_string())?;
         let (applied_index, max_applied_ts) = match engine.get(Cf::Raft, &keys::applied_index(id)) {
             Ok(Some(b)) if b.len() == 16 => (
                 keys::decode_u64(&b[..8]).unwrap_or(0),
@@ -304,7 +324,11 @@ impl DriverLoop {
                     }
                 }
             }
-            Event::Commit { group, request, reply } => self.propose_commit(group, request, reply),
+            Event::Commit {
+                group,
+                request,
+                reply,
+            } => self.propose_commit(group, request, reply),
             Event::CreateReplica { desc, reply } => {
                 let result = self.open_replica(desc, true);
                 if let Some(reply) = reply {
@@ -317,7 +341,9 @@ impl DriverLoop {
 
     fn propose_commit(&mut self, group: GroupId, request: CommitRequest, reply: CommitReply) {
         let Some(r) = self.replicas.get_mut(&group) else {
-            let _ = reply.send(Err(CommitError::Unavailable(format!("no replica of {group} here"))));
+            let _ = reply.send(Err(CommitError::Unavailable(format!(
+                "no replica of {group} here"
+            ))));
             return;
         };
         if !r.serving() {
@@ -348,54 +374,115 @@ impl DriverLoop {
         let proposal = self.next_proposal;
         self.next_proposal += 1;
         let keys: Vec<Vec<u8>> = request.mutations.iter().map(|m| m.key.clone()).collect();
-        let command = Command::Commit { proposal, ts: ts.0, mutations: request.mutations };
+        let command = Command::Commit {
+            proposal,
+            ts: ts.0,
+            mutations: request.mutations,
+        };
         match r.group.propose(command.encode()) {
             Ok(index) => {
                 r.last_assigned = ts;
                 r.locks.lock(keys.iter().cloned(), proposal);
-                r.pending.insert(proposal, Pending { index, keys, ts, reply });
+                r.pending.insert(
+                    proposal,
+                    Pending {
+                        index,
+                        keys,
+                        ts,
+                        reply,
+                    },
+                );
             }
             Err(e) => {
-                let _ = reply.send(Err(CommitError::Unavailable(format!("proposal dropped: {e}"))));
+                let _ = reply.send(Err(CommitError::Unavailable(format!(
+                    "proposal dropped: {e}"
+                ))));
             }
         }
     }
 
+    /// One round of Raft work for every group: persist, send, apply, answer.
     fn process_ready(&mut self) -> Result<(), String> {
-        let engine = self.config.engine.clone();
-        let mut persist = WriteBatch::new();
         let mut committed: Vec<(GroupId, Vec<Entry>)> = Vec::new();
+        let started = self.persist_ready(&mut committed)?;
+        if started.is_empty() {
+            return Ok(());
+        }
+        let mut apply_batch = WriteBatch::new();
+        for id in &started {
+            let Some(r) = self.replicas.get_mut(id) else {
+                continue;
+            };
+            let out = r
+                .group
+                .finish_ready(&mut apply_batch)
+                .map_err(|e| e.to_string())?;
+            self.config.transport.send_all(*id, out.messages);
+            if !out.committed.is_empty() {
+                committed.push((*id, out.committed));
+            }
+        }
+        let applied = self.apply_committed(committed, &mut apply_batch)?;
+        if !apply_batch.is_empty() {
+            self.config
+                .engine
+                .write(apply_batch, false)
+                .map_err(|e| e.to_string())?;
+        }
+        for id in &started {
+            if let Some(r) = self.replicas.get_mut(id) {
+                r.group.advance_apply();
+            }
+        }
+        self.answer_proposers(applied);
+        for r in self.replicas.values_mut() {
+            r.sync_role();
+        }
+        Ok(())
+    }
+
+    /// Phase 1 for every group with work: their new entries and hard states go into one batch,
+    /// written with one fsync. Returns the groups that took part.
+    fn persist_ready(
+        &mut self,
+        committed: &mut Vec<(GroupId, Vec<Entry>)>,
+    ) -> Result<Vec<GroupId>, String> {
+        let mut persist = WriteBatch::new();
         let mut started = Vec::new();
         for (id, r) in self.replicas.iter_mut() {
             if !r.group.has_ready() {
                 continue;
             }
-            let out = r.group.start_ready(&mut persist).map_err(|e| e.to_string())?;
+            let out = r
+                .group
+                .start_ready(&mut persist)
+                .map_err(|e| e.to_string())?;
             self.config.transport.send_all(*id, out.messages);
             if !out.committed.is_empty() {
                 committed.push((*id, out.committed));
             }
             started.push(*id);
         }
-        if started.is_empty() {
-            return Ok(());
-        }
         if !persist.is_empty() {
-            engine.write(persist, true).map_err(|e| e.to_string())?;
+            self.config
+                .engine
+                .write(persist, true)
+                .map_err(|e| e.to_string())?;
         }
-        let mut apply_batch = WriteBatch::new();
-        for id in &started {
-            let Some(r) = self.replicas.get_mut(id) else { continue };
-            let out = r.group.finish_ready(&mut apply_batch).map_err(|e| e.to_string())?;
-            self.config.transport.send_all(*id, out.messages);
-            if !out.committed.is_empty() {
-                committed.push((*id, out.committed));
-            }
-        }
-        // Apply every group's committed entries in one batch.
-        let mut applied: Vec<(GroupId, Vec<(u64, u64, Timestamp)>)> = Vec::new();
+        Ok(started)
+    }
+
+    /// Adds the effects of every committed entry, and each group's applied index, to `batch`.
+    fn apply_committed(
+        &mut self,
+        committed: Vec<(GroupId, Vec<Entry>)>,
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<(GroupId, Vec<AppliedCommit>)>, String> {
+        let mut applied = Vec::new();
         for (id, entries) in committed {
-            let Some(r) = self.replicas.get_mut(&id) else { continue };
+            let Some(r) = self.replicas.get_mut(&id) else {
+                continue;
+            };
             let mut done = Vec::new();
             for e in entries {
                 r.applied_index = e.index;
@@ -403,17 +490,19 @@ impl DriverLoop {
                     continue;
                 }
                 match e.get_entry_type() {
-                    EntryType::EntryNormal => match Command::decode(&e.data) {
-                        Ok(cmd) => {
-                            tablet::apply(&mut apply_batch, &cmd);
-                            let Command::Commit { proposal, ts, .. } = cmd;
-                            r.max_applied_ts = r.max_applied_ts.max(Timestamp(ts));
-                            done.push((proposal, e.index, Timestamp(ts)));
-                        }
-                        Err(err) => {
-                            return Err(format!("undecodable command at {id} index {}: {err}", e.index));
-                        }
-                    },
+                    EntryType::EntryNormal => {
+                        let cmd = Command::decode(&e.data).map_err(|err| {
+                            format!("undecodable command at {id} index {}: {err}", e.index)
+                        })?;
+                        tablet::apply(batch, &cmd);
+                        let Command::Commit { proposal, ts, .. } = cmd;
+                        r.max_applied_ts = r.max_applied_ts.max(Timestamp(ts));
+                        done.push(AppliedCommit {
+                            proposal,
+                            index: e.index,
+                            ts: Timestamp(ts),
+                        });
+                    }
                     other => {
                         tracing::warn!(group = id.0, entry_type = ?other, "ignoring configuration change entry");
                     }
@@ -421,45 +510,58 @@ impl DriverLoop {
             }
             let mut value = r.applied_index.to_be_bytes().to_vec();
             value.extend_from_slice(&r.max_applied_ts.0.to_be_bytes());
-            apply_batch.put(Cf::Raft, keys::applied_index(id), value);
+            batch.put(Cf::Raft, keys::applied_index(id), value);
             applied.push((id, done));
         }
-        if !apply_batch.is_empty() {
-            engine.write(apply_batch, false).map_err(|e| e.to_string())?;
-        }
-        for id in &started {
-            if let Some(r) = self.replicas.get_mut(id) {
-                r.group.advance_apply();
-            }
-        }
+        Ok(applied)
+    }
+
+    /// After the applies are visible: publish them, release locks and answer waiting proposers.
+    fn answer_proposers(&mut self, applied: Vec<(GroupId, Vec<AppliedCommit>)>) {
         for (id, done) in applied {
-            let Some(r) = self.replicas.get_mut(&id) else { continue };
-            r.shared.max_applied_ts.store(r.max_applied_ts.0, Ordering::Release);
-            r.shared.applied_index.store(r.applied_index, Ordering::Release);
-            for (proposal, index, ts) in done {
-                if let Some(p) = r.pending.remove(&proposal) {
-                    if p.index == index && p.ts == ts {
-                        r.locks.release(&p.keys, proposal);
-                        let _ = p.reply.send(Ok(ts));
-                    } else {
-                        r.pending.insert(proposal, p);
-                    }
+            let Some(r) = self.replicas.get_mut(&id) else {
+                continue;
+            };
+            r.shared
+                .max_applied_ts
+                .store(r.max_applied_ts.0, Ordering::Release);
+            r.shared
+                .applied_index
+                .store(r.applied_index, Ordering::Release);
+            for c in done {
+                let ours = r
+                    .pending
+                    .get(&c.proposal)
+                    .is_some_and(|p| p.index == c.index && p.ts == c.ts);
+                if let Some(p) = ours.then(|| r.pending.remove(&c.proposal)).flatten() {
+                    r.locks.release(&p.keys, c.proposal);
+                    let _ = p.reply.send(Ok(c.ts));
                 }
             }
             // Proposals whose index was applied with another entry were overwritten: they can
             // never commit, so the transaction is safe to retry.
             let applied_index = r.applied_index;
-            let lost: Vec<u64> = r.pending.iter().filter(|(_, p)| p.index <= applied_index).map(|(k, _)| *k).collect();
+            let lost: Vec<u64> = r
+                .pending
+                .iter()
+                .filter(|(_, p)| p.index <= applied_index)
+                .map(|(k, _)| *k)
+                .collect();
             for proposal in lost {
                 if let Some(p) = r.pending.remove(&proposal) {
                     r.locks.release(&p.keys, proposal);
-                    let _ = p.reply.send(Err(CommitError::Conflict("proposal lost to a leader change".into())));
+                    let _ = p.reply.send(Err(CommitError::Conflict(
+                        "proposal lost to a leader change".into(),
+                    )));
                 }
             }
         }
-        for r in self.replicas.values_mut() {
-            r.sync_role();
-        }
-        Ok(())
     }
+}
+
+/// A commit entry that was just applied.
+struct AppliedCommit {
+    proposal: u64,
+    index: u64,
+    ts: Timestamp,
 }

@@ -108,13 +108,19 @@ impl RaftGroup {
         let storage = MemStorage::new_with_conf_state(ConfState::from((voter_ids, vec![])));
 
         let mut entries = Vec::new();
-        for item in engine.scan(Cf::Raft, &keys::entry(group, 0), Some(&keys::entries_end(group))) {
+        for item in engine.scan(
+            Cf::Raft,
+            &keys::entry(group, 0),
+            Some(&keys::entries_end(group)),
+        ) {
             let (_, value) = item?;
             let entry = Entry::parse_from_bytes(&value).map_err(|e| corrupt(e.to_string()))?;
             entries.push(entry);
         }
         let hard_state = match engine.get(Cf::Raft, &keys::hard_state(group))? {
-            Some(bytes) => HardState::parse_from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?,
+            Some(bytes) => {
+                HardState::parse_from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?
+            }
             None => HardState::default(),
         };
         let applied = match engine.get(Cf::Raft, &keys::applied_index(group))? {
@@ -130,7 +136,10 @@ impl RaftGroup {
             core.set_hardstate(hard_state.clone());
         }
         if applied > hard_state.commit {
-            return Err(corrupt(format!("applied {applied} > commit {}", hard_state.commit)));
+            return Err(corrupt(format!(
+                "applied {applied} > commit {}",
+                hard_state.commit
+            )));
         }
 
         let config = Config {
@@ -149,7 +158,12 @@ impl RaftGroup {
         config.validate()?;
         let logger = logger.new(slog::o!("group" => group.0));
         let node = RawNode::new(&config, storage, &logger)?;
-        Ok(RaftGroup { id: group, node, in_flight: None, term_start_index: None })
+        Ok(RaftGroup {
+            id: group,
+            node,
+            in_flight: None,
+            term_start_index: None,
+        })
     }
 
     pub fn id(&self) -> GroupId {
@@ -232,18 +246,31 @@ impl RaftGroup {
         let entries = ready.entries();
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             // Entries after the new tail were overwritten by a new leader: remove them too.
-            let old_last = raft::Storage::last_index(self.node.store()).map_err(GroupError::Raft)?;
+            let old_last =
+                raft::Storage::last_index(self.node.store()).map_err(GroupError::Raft)?;
             for e in entries.iter() {
-                batch.put(Cf::Raft, keys::entry(self.id, e.index), e.write_to_bytes().map_err(|e| self.corrupt(e))?);
+                batch.put(
+                    Cf::Raft,
+                    keys::entry(self.id, e.index),
+                    e.write_to_bytes().map_err(|e| self.corrupt(e))?,
+                );
             }
             if old_last > last.index {
-                batch.delete_range(Cf::Raft, keys::entry(self.id, last.index + 1), keys::entries_end(self.id));
+                batch.delete_range(
+                    Cf::Raft,
+                    keys::entry(self.id, last.index + 1),
+                    keys::entries_end(self.id),
+                );
             }
             debug_assert!(first.index <= last.index);
             self.node.mut_store().wl().append(entries)?;
         }
         if let Some(hs) = ready.hs() {
-            batch.put(Cf::Raft, keys::hard_state(self.id), hs.write_to_bytes().map_err(|e| self.corrupt(e))?);
+            batch.put(
+                Cf::Raft,
+                keys::hard_state(self.id),
+                hs.write_to_bytes().map_err(|e| self.corrupt(e))?,
+            );
             self.node.mut_store().wl().set_hardstate(hs.clone());
         }
         self.in_flight = Some(ready);
@@ -253,7 +280,10 @@ impl RaftGroup {
     /// Phase 2, after phase 1's batch is durable: returns the messages acknowledging it and any
     /// newly committed entries. A changed commit index goes into `apply_batch` (it need not be
     /// synced: a lower commit index is recovered from the leader).
-    pub fn finish_ready(&mut self, apply_batch: &mut WriteBatch) -> Result<ReadyOutput, GroupError> {
+    pub fn finish_ready(
+        &mut self,
+        apply_batch: &mut WriteBatch,
+    ) -> Result<ReadyOutput, GroupError> {
         let mut out = ReadyOutput::default();
         let Some(mut ready) = self.in_flight.take() else {
             return Ok(out);
@@ -265,7 +295,11 @@ impl RaftGroup {
             store.mut_hard_state().set_commit(commit);
             let hs = store.hard_state().clone();
             drop(store);
-            apply_batch.put(Cf::Raft, keys::hard_state(self.id), hs.write_to_bytes().map_err(|e| self.corrupt(e))?);
+            apply_batch.put(
+                Cf::Raft,
+                keys::hard_state(self.id),
+                hs.write_to_bytes().map_err(|e| self.corrupt(e))?,
+            );
         }
         out.messages.extend(light.take_messages());
         out.committed = light.take_committed_entries();
@@ -283,7 +317,10 @@ impl RaftGroup {
     }
 
     fn corrupt(&self, e: impl std::fmt::Display) -> GroupError {
-        GroupError::Corrupt { group: self.id, reason: e.to_string() }
+        GroupError::Corrupt {
+            group: self.id,
+            reason: e.to_string(),
+        }
     }
 }
 

@@ -63,7 +63,12 @@ impl Transport {
                     continue;
                 }
             };
-            self.queue(to).send(RaftMessage { group_id: group.0, message: bytes }).ok();
+            self.queue(to)
+                .send(RaftMessage {
+                    group_id: group.0,
+                    message: bytes,
+                })
+                .ok();
         }
     }
 
@@ -77,11 +82,16 @@ impl Transport {
         let (tx, rx) = mpsc::unbounded_channel();
         queues.insert(to, tx.clone());
         let transport = self.clone();
-        self.runtime.spawn(async move { transport.peer_loop(to, rx).await });
+        self.runtime
+            .spawn(async move { transport.peer_loop(to, rx).await });
         tx
     }
 
-    async fn peer_loop(self: Arc<Self>, to: ServerId, mut rx: mpsc::UnboundedReceiver<RaftMessage>) {
+    async fn peer_loop(
+        self: Arc<Self>,
+        to: ServerId,
+        mut rx: mpsc::UnboundedReceiver<RaftMessage>,
+    ) {
         let from = self.server.0;
         'reconnect: loop {
             let Some(first) = rx.recv().await else { return };
@@ -127,7 +137,14 @@ impl Transport {
                         Err(_) => break,
                     }
                 }
-                if stream_tx.send(RaftBatch { from_server: from, messages }).await.is_err() {
+                if stream_tx
+                    .send(RaftBatch {
+                        from_server: from,
+                        messages,
+                    })
+                    .await
+                    .is_err()
+                {
                     tokio::time::sleep(RECONNECT_BACKOFF).await;
                     continue 'reconnect;
                 }

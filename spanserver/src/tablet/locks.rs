@@ -24,7 +24,11 @@ impl LockTable {
 
     /// True if any key in `[start, end)` (empty end = unbounded) is locked.
     pub fn any_locked_in(&self, start: &[u8], end: &[u8]) -> bool {
-        let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
+        let upper = if end.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(end)
+        };
         self.locks
             .range::<[u8], _>((Bound::Included(start), upper))
             .next()
@@ -75,7 +79,10 @@ mod tests {
         assert!(t.any_locked_in(b"b", b""));
         assert!(!t.any_locked_in(b"a", b"b"));
         t.release(&[b"b".to_vec()], 8);
-        assert!(t.is_locked(b"b"), "another proposal cannot release the lock");
+        assert!(
+            t.is_locked(b"b"),
+            "another proposal cannot release the lock"
+        );
         t.release(&[b"b".to_vec()], 7);
         assert!(t.is_empty());
     }

@@ -28,8 +28,8 @@ use meridian_truetime::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::raft::GroupId;
-use crate::storage::mvcc;
 use crate::storage::engine::{Engine, EngineError, WriteBatch};
+use crate::storage::mvcc;
 
 /// A key range `[start, end)`; an empty `end` means unbounded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +96,11 @@ pub struct CommitRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Apply `mutations` at commit timestamp `ts`. `proposal` identifies the proposer's waiter.
-    Commit { proposal: u64, ts: u64, mutations: Vec<Mutation> },
+    Commit {
+        proposal: u64,
+        ts: u64,
+        mutations: Vec<Mutation>,
+    },
 }
 
 impl Command {
@@ -156,7 +160,10 @@ pub fn validate(
         }
         if let Some(newest) = mvcc::newest_version_ts_in_range(engine, &r.start, &r.end)? {
             if newest > r.observed_ts {
-                return Err(ValidationError::ReadChanged { found: newest.0, observed: r.observed_ts.0 });
+                return Err(ValidationError::ReadChanged {
+                    found: newest.0,
+                    observed: r.observed_ts.0,
+                });
             }
         }
     }

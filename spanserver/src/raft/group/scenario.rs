@@ -25,8 +25,8 @@ use raft::prelude::Message;
 
 use super::{RaftGroup, Timing};
 use crate::raft::{keys, GroupId, ServerId};
-use crate::storage::mem::MemEngine;
 use crate::storage::engine::{Cf, Engine, WriteBatch};
+use crate::storage::mem::MemEngine;
 
 const GROUP: GroupId = GroupId(1);
 
@@ -46,7 +46,12 @@ struct Harness {
 
 fn timing(id: u64) -> Timing {
     let t = 10 + 5 * (id as usize - 1);
-    Timing { election_ticks: t, heartbeat_ticks: 1, min_election_ticks: t, max_election_ticks: t + 1 }
+    Timing {
+        election_ticks: t,
+        heartbeat_ticks: 1,
+        min_election_ticks: t,
+        max_election_ticks: t + 1,
+    }
 }
 
 impl Harness {
@@ -61,8 +66,15 @@ impl Harness {
     }
 
     fn open(&self, id: u64, engine: &MemEngine) -> RaftGroup {
-        RaftGroup::open_with_timing(GROUP, ServerId(id), &self.voters, engine, &self.logger, timing(id))
-            .expect("open group")
+        RaftGroup::open_with_timing(
+            GROUP,
+            ServerId(id),
+            &self.voters,
+            engine,
+            &self.logger,
+            timing(id),
+        )
+        .expect("open group")
     }
 
     /// Processes readies and delivers messages until nothing moves.
@@ -72,7 +84,9 @@ impl Harness {
             let ids: Vec<u64> = self.replicas.keys().copied().collect();
             for id in ids {
                 let r = self.replicas.get_mut(&id).expect("replica");
-                let Some(group) = r.group.as_mut() else { continue };
+                let Some(group) = r.group.as_mut() else {
+                    continue;
+                };
                 if !group.has_ready() {
                     continue;
                 }
@@ -86,7 +100,8 @@ impl Harness {
                 for e in first.committed.iter().chain(second.committed.iter()) {
                     last_applied = Some(e.index);
                     if !e.data.is_empty() {
-                        r.applied.push(String::from_utf8_lossy(&e.data).into_owned());
+                        r.applied
+                            .push(String::from_utf8_lossy(&e.data).into_owned());
                     }
                 }
                 if let Some(index) = last_applied {
@@ -125,15 +140,30 @@ impl Harness {
     fn run(&mut self, line: &str) -> Result<String, String> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let arg = |i: usize| -> Result<u64, String> {
-            words.get(i).ok_or("missing argument")?.parse::<u64>().map_err(|e| e.to_string())
+            words
+                .get(i)
+                .ok_or("missing argument")?
+                .parse::<u64>()
+                .map_err(|e| e.to_string())
         };
         match words.first().copied() {
             Some("start") => {
-                self.voters = words[1..].iter().filter_map(|w| w.parse().ok()).map(ServerId).collect();
+                self.voters = words[1..]
+                    .iter()
+                    .filter_map(|w| w.parse().ok())
+                    .map(ServerId)
+                    .collect();
                 for v in self.voters.clone() {
                     let engine = Arc::new(MemEngine::new());
                     let group = self.open(v.0, &engine);
-                    self.replicas.insert(v.0, Replica { engine, group: Some(group), applied: Vec::new() });
+                    self.replicas.insert(
+                        v.0,
+                        Replica {
+                            engine,
+                            group: Some(group),
+                            applied: Vec::new(),
+                        },
+                    );
                 }
                 Ok(String::new())
             }
@@ -179,7 +209,12 @@ impl Harness {
             }
             Some("restart") => {
                 let id = arg(1)?;
-                let engine = self.replicas.get(&id).ok_or("no such replica")?.engine.clone();
+                let engine = self
+                    .replicas
+                    .get(&id)
+                    .ok_or("no such replica")?
+                    .engine
+                    .clone();
                 let group = self.open(id, &engine);
                 self.replicas.get_mut(&id).ok_or("no such replica")?.group = Some(group);
                 self.stabilize();
@@ -253,6 +288,11 @@ fn raft_group_scenarios() {
         }
         let expected = std::fs::read_to_string(&golden)
             .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", golden.display()));
-        assert_eq!(actual, expected, "scenario {} differs from its recorded output", script.display());
+        assert_eq!(
+            actual,
+            expected,
+            "scenario {} differs from its recorded output",
+            script.display()
+        );
     }
 }
