@@ -45,6 +45,7 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
 
     let tt: Arc<dyn TrueTime> = Arc::new(SystemTrueTime::default());
     let mut first_pg = None;
+    let mut metrics_urls = Vec::new();
     for (i, zone) in ZONES.iter().enumerate() {
         let id = i as u64 + 1;
         let opts = ServerOptions {
@@ -55,6 +56,7 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
             advertise: None,
             pg_listen: loopback(if i == 0 { pg_port } else { 0 }),
             pd: vec![pd_addr.to_string()],
+            metrics_listen: Some(loopback(0)),
         };
         let (bound_tx, bound_rx) = oneshot::channel::<BoundAddrs>();
         let stop = stop_rx.clone();
@@ -67,6 +69,9 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
         match bound_rx.await {
             Ok(addrs) => {
                 first_pg.get_or_insert(addrs.pg);
+                if let Some(m) = addrs.metrics {
+                    metrics_urls.push(format!("http://{m}/metrics"));
+                }
             }
             Err(_) => {
                 let _ = stop_tx.send(true);
@@ -92,6 +97,7 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
     println!("data directory: {}", dir.path().display());
     println!("SQL URL: {url}");
     println!("connect with: psql \"{url}\"");
+    println!("metrics: {}", metrics_urls.join(" "));
 
     if no_shell {
         println!("serving until SIGINT or SIGTERM");

@@ -61,6 +61,9 @@ enum Command {
         /// Placement driver addresses, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         pd: Vec<String>,
+        /// Serve Prometheus metrics (/metrics) and /health over HTTP here.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         /// The clock uncertainty bound ε this machine's clock is trusted to keep, in
         /// milliseconds (until the truetime daemon measures it).
         #[arg(long, default_value_t = 7)]
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
                 advertise,
                 pg_listen,
                 pd,
+                metrics_listen,
                 clock_epsilon_ms,
             } => {
                 init_tracing("info");
@@ -163,6 +167,7 @@ fn main() -> ExitCode {
                     advertise,
                     pg_listen,
                     pd,
+                    metrics_listen,
                 };
                 meridian_spanserver::server::run(opts, tt, shutdown, None)
                     .await

@@ -20,6 +20,7 @@
 
 pub mod gateway;
 pub mod logging;
+pub mod metrics;
 pub mod raft;
 pub mod server;
 pub mod service;

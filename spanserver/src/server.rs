@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::gateway::{Gateway, GatewayStore};
+use crate::metrics::ServerMetrics;
 use crate::raft::driver::{self, DriverConfig, DriverHandle, Event, Registry};
 use crate::raft::transport::Transport;
 use crate::raft::{GroupId, ServerId};
@@ -51,6 +52,8 @@ pub struct ServerOptions {
     pub pg_listen: SocketAddr,
     /// Placement driver addresses.
     pub pd: Vec<String>,
+    /// Where to serve `/metrics` and `/health` over HTTP, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why a server could not start.
@@ -74,6 +77,7 @@ pub enum ServerError {
 pub struct BoundAddrs {
     pub grpc: SocketAddr,
     pub pg: SocketAddr,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs a spanserver until `shutdown` changes to true. `bound` (if given) learns the addresses
@@ -110,10 +114,29 @@ pub async fn run(
                 addr: opts.pg_listen.to_string(),
                 source,
             })?;
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => {
+            Some(
+                crate::metrics::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        addr: addr.to_string(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let addrs = BoundAddrs {
         grpc: grpc_listener.local_addr()?,
         pg: pg_listener.local_addr()?,
+        metrics: metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?,
     };
+    let metrics =
+        ServerMetrics::new(opts.id).map_err(|e| ServerError::Options(format!("metrics: {e}")))?;
     let server = ServerId(opts.id);
     tracing::info!(server = opts.id, zone = %opts.zone, grpc = %addrs.grpc, pg = %addrs.pg, "spanserver starting");
 
@@ -131,6 +154,7 @@ pub async fn run(
     let gateway = Gateway::new(opts.pd.clone());
     let engine_slot = EngineSlot::new(engine.clone());
     let tablet_service = TabletService {
+        metrics: metrics.clone(),
         engine: engine_slot.clone(),
         tt: tt.clone(),
         registry: registry.clone(),
@@ -160,6 +184,18 @@ pub async fn run(
         let _ = pg_shutdown.wait_for(|s| *s).await;
     }));
 
+    let metrics_http = metrics_listener.map(|listener| {
+        let mut stop = shutdown.clone();
+        let registries = vec![metrics.registry.clone()];
+        tokio::spawn(crate::metrics::serve_http(
+            listener,
+            registries,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
+
     let info = pb::ServerInfo {
         id: opts.id,
         zone: opts.zone.clone(),
@@ -184,6 +220,9 @@ pub async fn run(
     heartbeats.abort();
     // Long-lived streams (peers' Raft transport, idle SQL sessions) would hold a graceful
     // shutdown open forever: give in-flight requests a moment, then cut the rest.
+    if let Some(task) = metrics_http {
+        stop_within_grace(task).await;
+    }
     stop_within_grace(pg).await;
     stop_within_grace(grpc).await;
     driver.send(Event::Shutdown);

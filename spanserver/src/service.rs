@@ -69,6 +69,7 @@ impl EngineSlot {
 
 /// The `Tablet` gRPC service.
 pub struct TabletService {
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
     pub engine: EngineSlot,
     pub tt: Arc<dyn TrueTime>,
     pub registry: Registry,
@@ -111,6 +112,7 @@ impl pb::tablet_server::Tablet for TabletService {
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let req = request.into_inner();
         let group = GroupId(req.group_id);
+        self.metrics.scans.inc();
         let replica = match self.leader_replica(group) {
             Ok(r) => r,
             Err(e) => {
@@ -199,6 +201,7 @@ impl pb::tablet_server::Tablet for TabletService {
                 })
                 .collect(),
         };
+        let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         if !self.driver.send(Event::Commit {
             group,
@@ -220,16 +223,25 @@ impl pb::tablet_server::Tablet for TabletService {
             Ok(ts) => {
                 // Commit wait: ts was chosen before the Raft round, so this only waits for what
                 // is left of the uncertainty after replication.
+                let waited = std::time::Instant::now();
                 meridian_truetime::wait_until_after(self.tt.as_ref(), ts).await;
+                let m = &self.metrics;
+                m.commit_wait_seconds
+                    .observe(waited.elapsed().as_secs_f64());
+                m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                m.commits.with_label_values(&["committed"]).inc();
                 Ok(Response::new(pb::CommitResponse {
                     error: None,
                     commit_ts: ts.0,
                 }))
             }
-            Err(e) => Ok(Response::new(pb::CommitResponse {
-                error: commit_error(e, group),
-                commit_ts: 0,
-            })),
+            Err(e) => {
+                self.metrics.commits.with_label_values(&[e.outcome()]).inc();
+                Ok(Response::new(pb::CommitResponse {
+                    error: commit_error(e, group),
+                    commit_ts: 0,
+                }))
+            }
         }
     }
 

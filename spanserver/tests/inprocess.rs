@@ -38,6 +38,7 @@ async fn start_node(dir: &std::path::Path, pd: &str, id: u64, port: u16) -> (Nod
         advertise: None,
         pg_listen: "127.0.0.1:0".parse().expect("addr"),
         pd: vec![pd.to_string()],
+        metrics_listen: None,
     };
     let (stop, rx) = watch::channel(false);
     let (btx, brx) = oneshot::channel();

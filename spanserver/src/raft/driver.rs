@@ -57,6 +57,21 @@ pub enum CommitError {
     Internal(String),
 }
 
+impl CommitError {
+    /// A short label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CommitError::NotLeader(_) => "not_leader",
+            CommitError::Unavailable(_) => "unavailable",
+            CommitError::Conflict(_) => "conflict",
+            CommitError::Ambiguous(_) => "ambiguous",
+            CommitError::ClockUncertain(_) => "clock_uncertain",
+            CommitError::OutOfRange => "out_of_range",
+            CommitError::Internal(_) => "internal",
+        }
+    }
+}
+
 /// Reply channel for a commit: the commit timestamp once applied.
 pub type CommitReply = oneshot::Sender<Result<Timestamp, CommitError>>;
 

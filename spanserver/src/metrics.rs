@@ -1,0 +1,113 @@
+//! Process metrics: a Prometheus registry for the spanserver's own series, and the HTTP
+//! endpoint every Meridian process serves (`/metrics` in the Prometheus text format, `/health`).
+//!
+//! Each server owns its registry (no global default registry), so several servers can run in one
+//! process (`meridian demo`, in-process tests) without their series colliding.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+/// Buckets for latencies in seconds, from 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// The spanserver's metrics.
+pub struct ServerMetrics {
+    pub registry: Registry,
+    /// Commit wait: time from Raft apply to `TT.after(s)`.
+    pub commit_wait_seconds: Histogram,
+    /// Commit latency at the leader, from request to reply (validation, Raft, commit wait).
+    pub commit_seconds: Histogram,
+    /// Commit outcomes by result: committed, conflict, not_leader, unavailable, ambiguous, ...
+    pub commits: IntCounterVec,
+    /// Scans served at leaders.
+    pub scans: IntCounter,
+}
+
+impl ServerMetrics {
+    /// New metrics registered in a fresh registry labelled with the server id.
+    pub fn new(server_id: u64) -> Result<Arc<ServerMetrics>, prometheus::Error> {
+        let labels =
+            std::collections::HashMap::from([("server".to_string(), server_id.to_string())]);
+        let registry = Registry::new_custom(Some("meridian".into()), Some(labels))?;
+        let commit_wait_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "commit_wait_seconds",
+                "Time spent in commit wait after replication",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new("commit_seconds", "Commit latency at the tablet leader")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let commits = IntCounterVec::new(
+            Opts::new("commits_total", "Commit requests by outcome"),
+            &["outcome"],
+        )?;
+        let scans = IntCounter::new("scans_total", "Scans served at tablet leaders")?;
+        registry.register(Box::new(commit_wait_seconds.clone()))?;
+        registry.register(Box::new(commit_seconds.clone()))?;
+        registry.register(Box::new(commits.clone()))?;
+        registry.register(Box::new(scans.clone()))?;
+        Ok(Arc::new(ServerMetrics {
+            registry,
+            commit_wait_seconds,
+            commit_seconds,
+            commits,
+            scans,
+        }))
+    }
+}
+
+/// Renders every metric in `registry` in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        return format!("# error encoding metrics: {e}\n");
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Serves `/metrics` and `/health` on `listener` until `shutdown` resolves.
+pub async fn serve_http(
+    listener: TcpListener,
+    registries: Vec<Registry>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let registries = Arc::new(registries);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registries = registries.clone();
+                async move {
+                    let body: String = registries.iter().map(render).collect();
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route("/health", get(|| async { "ok\n" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds `addr` for [`serve_http`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
