@@ -57,6 +57,7 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
             pg_listen: loopback(if i == 0 { pg_port } else { 0 }),
             pd: vec![pd_addr.to_string()],
             metrics_listen: Some(loopback(0)),
+            commit_wait: true,
         };
         let (bound_tx, bound_rx) = oneshot::channel::<BoundAddrs>();
         let stop = stop_rx.clone();

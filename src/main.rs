@@ -61,6 +61,10 @@ enum Command {
         /// Placement driver addresses, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         pd: Vec<String>,
+        /// Acknowledge commits without waiting out clock uncertainty. Breaks external
+        /// consistency: only for tests and benchmarks that measure what commit wait buys.
+        #[arg(long, hide = true)]
+        unsafe_disable_commit_wait: bool,
         /// Serve Prometheus metrics (/metrics) and /health over HTTP here.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
                 advertise,
                 pg_listen,
                 pd,
+                unsafe_disable_commit_wait,
                 metrics_listen,
                 clock_epsilon_ms,
             } => {
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
                     pg_listen,
                     pd,
                     metrics_listen,
+                    commit_wait: !unsafe_disable_commit_wait,
                 };
                 meridian_spanserver::server::run(opts, tt, shutdown, None)
                     .await

@@ -32,6 +32,19 @@ pub fn choose_replicas(
     Some(chosen)
 }
 
+/// Moves to the front the replica that is the first (preferred leader) of the fewest tablets.
+/// A new group's first replica campaigns at once, so this spreads leaders across servers.
+pub fn put_preferred_leader_first(replicas: &mut [u64], preferred_counts: &BTreeMap<u64, usize>) {
+    let best = replicas
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, r)| (preferred_counts.get(r).copied().unwrap_or(0), **r))
+        .map(|(i, _)| i);
+    if let Some(i) = best {
+        replicas[..=i].rotate_right(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +83,18 @@ mod tests {
         let load = BTreeMap::from([(1, 5), (2, 0)]);
         let chosen = choose_replicas(&refs, &load, 3).expect("enough servers");
         assert_eq!(chosen, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn leaders_spread_over_servers() {
+        let mut counts = BTreeMap::from([(1, 2), (2, 1), (3, 1)]);
+        let mut r = vec![1, 2, 3];
+        put_preferred_leader_first(&mut r, &counts);
+        assert_eq!(r, vec![2, 1, 3]);
+        counts.insert(2, 5);
+        let mut r = vec![1, 2, 3];
+        put_preferred_leader_first(&mut r, &counts);
+        assert_eq!(r, vec![3, 1, 2]);
     }
 
     #[test]

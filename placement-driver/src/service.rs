@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::placement::choose_replicas;
+use crate::placement::{choose_replicas, put_preferred_leader_first};
 use crate::state::{DurableState, Server, StateFile, Tablet, FIRST_USER_TABLE_ID, SYSTEM_GROUP};
 
 /// Replicas per tablet.
@@ -132,13 +132,20 @@ impl Pd {
         } else {
             inner.durable.servers.values().collect()
         };
-        let replicas =
+        let mut preferred_leaders: BTreeMap<u64, usize> = BTreeMap::new();
+        for t in inner.durable.tablets.values() {
+            if let Some(first) = t.replicas.first() {
+                *preferred_leaders.entry(*first).or_default() += 1;
+            }
+        }
+        let mut replicas =
             choose_replicas(&candidates, &load, REPLICATION_FACTOR).ok_or_else(|| {
                 Status::unavailable(format!(
                     "{} servers registered; a tablet needs {REPLICATION_FACTOR}",
                     inner.durable.servers.len()
                 ))
             })?;
+        put_preferred_leader_first(&mut replicas, &preferred_leaders);
         Ok(Tablet {
             group,
             start,

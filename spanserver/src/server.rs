@@ -54,6 +54,9 @@ pub struct ServerOptions {
     pub pd: Vec<String>,
     /// Where to serve `/metrics` and `/health` over HTTP, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Commit wait; `false` only for tests and benchmarks that show what it buys (see
+    /// [`TabletService::commit_wait`]).
+    pub commit_wait: bool,
 }
 
 /// Why a server could not start.
@@ -153,7 +156,11 @@ pub async fn run(
 
     let gateway = Gateway::new(opts.pd.clone());
     let engine_slot = EngineSlot::new(engine.clone());
+    if !opts.commit_wait {
+        tracing::warn!("commit wait is DISABLED: commits are not externally consistent");
+    }
     let tablet_service = TabletService {
+        commit_wait: opts.commit_wait,
         metrics: metrics.clone(),
         engine: engine_slot.clone(),
         tt: tt.clone(),
