@@ -82,6 +82,11 @@ enum Command {
         #[arg(long)]
         no_shell: bool,
     },
+    /// Run a benchmark: the same workload on Meridian and on PostgreSQL 15, printed as a table.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
     /// Open the interactive SQL shell.
     Sql {
         /// The server to connect to.
@@ -90,6 +95,19 @@ enum Command {
         /// Run this statement (or `;`-separated statements) and exit.
         #[arg(short = 'e', long = "execute")]
         execute: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Single-row writes with and without commit wait, beside PostgreSQL.
+    Writes {
+        /// Writes measured per system.
+        #[arg(long, default_value_t = 500)]
+        writes: usize,
+        /// The clock uncertainty bound ε the servers use, in milliseconds.
+        #[arg(long, default_value_t = 7)]
+        clock_epsilon_ms: u64,
     },
 }
 
@@ -182,6 +200,22 @@ fn main() -> ExitCode {
             Command::Demo { pg_port, no_shell } => {
                 init_tracing("warn");
                 demo::run(pg_port, no_shell).await
+            }
+            Command::Bench {
+                bench:
+                    BenchCommand::Writes {
+                        writes,
+                        clock_epsilon_ms,
+                    },
+            } => {
+                init_tracing("warn");
+                let tt: Arc<dyn TrueTime> =
+                    Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms)));
+                let opts = meridian_tests::bench::writes::WritesOptions { writes };
+                meridian_tests::bench::writes::run(tt, opts)
+                    .await
+                    .map(|table| print!("{table}"))
+                    .map_err(|e| e.to_string())
             }
             Command::Sql { url, execute } => {
                 meridian_client::shell::run(meridian_client::shell::ShellOptions { url, execute })
