@@ -368,11 +368,17 @@ impl Gateway {
 }
 
 /// True when a failed RPC certainly never reached the server (the connection was never made).
+///
+/// Only failures to establish the connection qualify: tonic reports them as `Unavailable`
+/// with a "tcp connect error" (refused, unreachable) or a connect timeout. A connection that
+/// broke after the request went out ("connection reset", "error reading a body from
+/// connection") does not, since the server may have acted on it.
 fn never_sent(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && {
-        let text = format!("{status:?}");
-        text.contains("connect") || text.contains("Connection refused")
+    if status.code() != tonic::Code::Unavailable {
+        return false;
     }
+    let text = format!("{status:?}");
+    text.contains("tcp connect error") || text.contains("error trying to connect")
 }
 
 /// The end of the part of `[.., end)` that lies in `route` (empty = unbounded).
@@ -409,5 +415,34 @@ impl Store for GatewayStore {
             self.gateway.install_directory(tablets, Vec::new());
         }
         Ok(resp.table_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refused_connections_are_known_unsent_and_broken_ones_are_not() {
+        // A port with nothing listening: bind, learn the port, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .connect_lazy();
+        let status = TabletClient::new(channel)
+            .commit(pb::CommitRequest::default())
+            .await
+            .expect_err("nothing listens there");
+        assert!(
+            never_sent(&status),
+            "a refused connection must be retryable: {status:?}"
+        );
+        let broken =
+            tonic::Status::unavailable("error reading a body from connection: connection reset");
+        assert!(!never_sent(&broken));
+        assert!(!never_sent(&tonic::Status::internal("tcp connect error")));
     }
 }
