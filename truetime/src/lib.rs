@@ -15,6 +15,9 @@
 //!
 //! It depends on no other Meridian crate.
 
+pub mod agent;
+pub mod marzullo;
+
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
