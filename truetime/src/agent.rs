@@ -141,6 +141,21 @@ fn to_u64(x: u128) -> u64 {
     x.min(u64::MAX as u128) as u64
 }
 
+/// Moves an interval `[lo, hi]` forward by `elapsed` of a local monotonic clock that may drift
+/// by up to `drift_ppm`: true elapsed time lies in `[e / (1 + d), e / (1 - d)]`, rounded outward.
+pub fn extrapolate(lo: u64, hi: u64, elapsed: Duration, drift_ppm: u64) -> (u64, u64) {
+    let e = elapsed.as_nanos();
+    let lo = lo as u128 + e - widen(e, drift_ppm, true);
+    let hi = hi as u128 + e + widen(e, drift_ppm, false);
+    (to_u64(lo), to_u64(hi))
+}
+
+/// Widens a round trip `rtt` by the drift rate, rounding up.
+pub fn rtt_upper(rtt: Duration, drift_ppm: u64) -> u64 {
+    let rtt = rtt.as_nanos();
+    to_u64(rtt + widen(rtt, drift_ppm, false))
+}
+
 impl Agent {
     pub fn new(config: AgentConfig) -> Agent {
         Agent {
@@ -156,10 +171,7 @@ impl Agent {
 
     /// Moves `[lo, hi]`, valid at monotonic `from`, to monotonic `to` (>= from).
     fn carry(&self, lo: u64, hi: u64, from: Duration, to: Duration) -> (u64, u64) {
-        let e = to.saturating_sub(from).as_nanos();
-        let lo = lo as u128 + e - widen(e, self.config.drift_ppm, true);
-        let hi = hi as u128 + e + widen(e, self.config.drift_ppm, false);
-        (to_u64(lo), to_u64(hi))
+        extrapolate(lo, hi, to.saturating_sub(from), self.config.drift_ppm)
     }
 
     /// Takes one poll's results, all received by `now_mono`.

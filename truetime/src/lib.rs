@@ -16,7 +16,10 @@
 //! It depends on no other Meridian crate.
 
 pub mod agent;
+pub mod client;
+pub mod daemon;
 pub mod marzullo;
+pub mod master;
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
