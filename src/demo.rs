@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_spanserver::server::{BoundAddrs, ServerOptions};
-use meridian_truetime::{SystemTrueTime, TrueTime};
+use meridian_truetime::agent::AgentConfig;
+use meridian_truetime::client::AgentClock;
+use meridian_truetime::daemon::{self, AgentMetrics, AgentState};
+use meridian_truetime::master::{ClockSource, SystemClockSource};
+use meridian_truetime::TrueTime;
 use tokio::sync::{oneshot, watch};
 
 /// Zones of the demo's three servers.
@@ -43,7 +47,7 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
         .await
         .map_err(|_| "the placement driver did not start".to_string())?;
 
-    let tt: Arc<dyn TrueTime> = Arc::new(SystemTrueTime::default());
+    let (tt, agent_addr) = start_truetime(&stop_rx, &mut tasks).await?;
     let mut first_pg = None;
     let mut metrics_urls = Vec::new();
     for (i, zone) in ZONES.iter().enumerate() {
@@ -99,6 +103,7 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
     println!("SQL URL: {url}");
     println!("connect with: psql \"{url}\"");
     println!("metrics: {}", metrics_urls.join(" "));
+    println!("truetime agent: {agent_addr} (try: meridian truetime now --agent {agent_addr})");
 
     if no_shell {
         println!("serving until SIGINT or SIGTERM");
@@ -125,6 +130,57 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
     dir.close()
         .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
     Ok(())
+}
+
+/// The error bound the demo's time master declares when the kernel does not report the clock
+/// disciplined.
+const DEMO_MASTER_BOUND: Duration = Duration::from_micros(1000);
+/// How often the demo's agent polls its master.
+const DEMO_POLL_INTERVAL: Duration = Duration::from_millis(1000);
+
+type Tasks = Vec<tokio::task::JoinHandle<Result<(), String>>>;
+
+/// Starts a time master and an agent in this process and returns a clock fed by the agent.
+async fn start_truetime(
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Tasks,
+) -> Result<(Arc<dyn TrueTime>, SocketAddr), String> {
+    let master = tokio::net::TcpListener::bind(loopback(0))
+        .await
+        .map_err(|e| e.to_string())?;
+    let master_addr = master.local_addr().map_err(|e| e.to_string())?;
+    let source: Arc<dyn ClockSource> = Arc::new(SystemClockSource::new(DEMO_MASTER_BOUND));
+    let rx = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        daemon::serve_master(master, source, rx)
+            .await
+            .map_err(|e| e.to_string())
+    }));
+
+    let agent = tokio::net::TcpListener::bind(loopback(0))
+        .await
+        .map_err(|e| e.to_string())?;
+    let agent_addr = agent.local_addr().map_err(|e| e.to_string())?;
+    let registry = prometheus::Registry::new();
+    let metrics = AgentMetrics::new(&registry).map_err(|e| e.to_string())?;
+    let config = AgentConfig::default();
+    let state = AgentState::new(config, Some(metrics));
+    let rx = stop.clone();
+    let masters = vec![master_addr.to_string()];
+    tasks.push(tokio::spawn(async move {
+        daemon::serve_agent(agent, masters, DEMO_POLL_INTERVAL, state, rx)
+            .await
+            .map_err(|e| e.to_string())
+    }));
+    let clock = AgentClock::connect(
+        agent_addr.to_string(),
+        config.max_epsilon,
+        READY_TIMEOUT,
+        stop.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok((clock, agent_addr))
 }
 
 /// Waits until the first server answers SQL that reads the catalog.

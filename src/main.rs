@@ -6,6 +6,7 @@
 //! - `meridian sql --url postgresql://USER@HOST:PORT/DB [-e STATEMENT]`
 
 mod demo;
+mod truetime;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,9 +70,15 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
         /// The clock uncertainty bound ε this machine's clock is trusted to keep, in
-        /// milliseconds (until the truetime daemon measures it).
+        /// milliseconds, when no truetime agent is given.
         #[arg(long, default_value_t = 7)]
         clock_epsilon_ms: u64,
+        /// The local truetime agent (HOST:PORT); its measured ε replaces --clock-epsilon-ms.
+        #[arg(long)]
+        truetime: Option<String>,
+        /// Refuse read-write commits while ε exceeds this.
+        #[arg(long, default_value_t = 20)]
+        max_clock_epsilon_ms: u64,
     },
     /// Run a local 3-zone cluster in this process, with a SQL prompt.
     Demo {
@@ -81,6 +88,11 @@ enum Command {
         /// Serve until SIGINT/SIGTERM instead of opening the shell.
         #[arg(long)]
         no_shell: bool,
+    },
+    /// TrueTime: run a time master or agent, or ask an agent for the time.
+    Truetime {
+        #[command(subcommand)]
+        command: TruetimeCommand,
     },
     /// Run a benchmark: the same workload on Meridian and on PostgreSQL 15, printed as a table.
     Bench {
@@ -99,6 +111,58 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TruetimeCommand {
+    /// A reference clock that agents poll.
+    Master {
+        /// The gRPC address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The error bound to declare when the kernel does not report the clock disciplined.
+        #[arg(long, default_value_t = 1000)]
+        error_bound_us: u64,
+        /// Shift the clock by this much (tests and chaos: makes the master lie).
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        inject_offset_ms: i64,
+        /// Make the clock drift by this rate (tests and chaos).
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        inject_drift_ppm: i64,
+        /// Serve Prometheus metrics (/metrics) and /health over HTTP here.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// The per-machine daemon: polls masters, serves intervals to local servers.
+    Agent {
+        /// The gRPC address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Time master addresses, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        masters: Vec<String>,
+        /// How often to poll every master.
+        #[arg(long, default_value_t = 1000)]
+        poll_interval_ms: u64,
+        /// The local clock's worst drift between polls, parts per million (200 = 200 µs/s).
+        #[arg(long, default_value_t = 200)]
+        drift_ppm: u64,
+        /// Above this ε the agent reports itself unusable.
+        #[arg(long, default_value_t = 20)]
+        max_epsilon_ms: u64,
+        /// Serve Prometheus metrics (/metrics) and /health over HTTP here.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Print an agent's current interval.
+    Now {
+        /// The agent's gRPC address.
+        #[arg(long)]
+        agent: String,
+        /// Print exactly {"earliest_ns": …, "latest_ns": …, "epsilon_ns": …, "status": "…"}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Single-row writes with and without commit wait, beside PostgreSQL.
     Writes {
@@ -111,7 +175,7 @@ enum BenchCommand {
     },
 }
 
-fn init_tracing(default: &str) {
+pub(crate) fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -121,7 +185,7 @@ fn init_tracing(default: &str) {
 }
 
 /// A watch channel that turns true on SIGINT or SIGTERM.
-fn shutdown_on_signals() -> tokio::sync::watch::Receiver<bool> {
+pub(crate) fn shutdown_on_signals() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -177,11 +241,25 @@ fn main() -> ExitCode {
                 unsafe_disable_commit_wait,
                 metrics_listen,
                 clock_epsilon_ms,
+                truetime,
+                max_clock_epsilon_ms,
             } => {
                 init_tracing("info");
                 let shutdown = shutdown_on_signals();
-                let tt: Arc<dyn TrueTime> =
-                    Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms)));
+                let tt: Arc<dyn TrueTime> = match truetime {
+                    Some(agent) => match meridian_truetime::client::AgentClock::connect(
+                        agent,
+                        Duration::from_millis(max_clock_epsilon_ms),
+                        Duration::from_secs(30),
+                        shutdown.clone(),
+                    )
+                    .await
+                    {
+                        Ok(clock) => clock,
+                        Err(e) => return Err(e.to_string()),
+                    },
+                    None => Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms))),
+                };
                 let opts = meridian_spanserver::server::ServerOptions {
                     id,
                     zone,
@@ -217,6 +295,7 @@ fn main() -> ExitCode {
                     .map(|table| print!("{table}"))
                     .map_err(|e| e.to_string())
             }
+            Command::Truetime { command } => truetime::run(command).await,
             Command::Sql { url, execute } => {
                 meridian_client::shell::run(meridian_client::shell::ShellOptions { url, execute })
                     .await

@@ -309,6 +309,33 @@ mod tests {
             }
         }
 
+        /// Several polls with varying round trips (the agent keeps the tighter of the fresh and
+        /// the carried interval): every interval still contains true time.
+        #[test]
+        fn repeated_polls_stay_correct(
+            drift in -200i64..=200,
+            masters in prop::collection::vec((-300_000i64..300_000, 0u64..300_000), 3..5),
+            polls in prop::collection::vec(
+                (prop::collection::vec((0u64..3_000_000, 0u64..3_000_000), 1..3), 1_000_000u64..2_000_000_000),
+                1..6,
+            ),
+        ) {
+            let masters: Vec<(i64, u64)> =
+                masters.into_iter().map(|(off, extra)| (off, off.unsigned_abs() + extra)).collect();
+            let world = World { drift_ppm: drift, masters };
+            let mut agent = Agent::new(AgentConfig { drift_ppm: 200, max_epsilon: Duration::from_secs(10) });
+            let mut t = START;
+            for (delays, gap) in polls {
+                let (results, end) = world.poll(t, &delays, &[false]);
+                agent.on_poll(&results, world.mono(end));
+                for probe in [end, end + gap / 2] {
+                    let (interval, _) = agent.bound_at(world.mono(probe));
+                    prop_assert!(contains(interval.expect("bound"), probe));
+                }
+                t = end + gap;
+            }
+        }
+
         /// One falseticker among three: rejected, and the interval still contains true time.
         #[test]
         fn one_falseticker_of_three_is_rejected(

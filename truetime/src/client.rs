@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use meridian_proto as pb;
 use meridian_proto::time_agent_client::TimeAgentClient;
 use parking_lot::RwLock;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::agent::{extrapolate, rtt_upper, Status};
 use crate::{ClockError, Timestamp, TrueTime, TtInterval};
@@ -41,6 +42,7 @@ struct Published {
 pub struct AgentClock {
     published: RwLock<Option<Published>>,
     max_epsilon: Duration,
+    channel: Channel,
 }
 
 /// Why the agent could not be used.
@@ -65,14 +67,25 @@ impl AgentClock {
         timeout: Duration,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<AgentClock>, AgentClockError> {
+        // One long-lived channel: a handshake per refresh would widen every interval.
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| AgentClockError::NotReady {
+                addr: addr.clone(),
+                timeout,
+                last: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
         let clock = Arc::new(AgentClock {
             published: RwLock::new(None),
             max_epsilon,
+            channel,
         });
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
-            match clock.refresh(&addr).await {
+            match clock.refresh().await {
                 Ok(()) if clock.check_usable().is_ok() => break,
                 Ok(()) => last = "agent not synchronized yet".into(),
                 Err(e) => last = e,
@@ -91,12 +104,10 @@ impl AgentClock {
         Ok(clock)
     }
 
-    async fn refresh(&self, addr: &str) -> Result<(), String> {
+    async fn refresh(&self) -> Result<(), String> {
         let send = Instant::now();
         let call = async {
-            let mut client = TimeAgentClient::connect(format!("http://{addr}"))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut client = TimeAgentClient::new(self.channel.clone());
             client
                 .now(pb::AgentNowRequest {})
                 .await
@@ -140,7 +151,7 @@ impl AgentClock {
                 _ = ticker.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            if let Err(e) = self.refresh(&addr).await {
+            if let Err(e) = self.refresh().await {
                 tracing::debug!(agent = %addr, error = %e, "truetime agent did not answer");
             }
         }

@@ -12,6 +12,7 @@ use meridian_proto as pb;
 use meridian_proto::time_master_client::TimeMasterClient;
 use parking_lot::Mutex;
 use prometheus::{Histogram, HistogramOpts, IntGauge, IntGaugeVec, Opts, Registry};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::agent::{Agent, AgentConfig, PollResult, Reading, Status as AgentStatus};
@@ -150,12 +151,10 @@ impl pb::time_agent_server::TimeAgent for AgentService {
 /// How long one master poll may take before it counts as a failure.
 pub const POLL_TIMEOUT: Duration = Duration::from_millis(500);
 
-async fn poll_master(addr: String, state: Arc<AgentState>) -> PollResult {
+async fn poll_master(channel: Option<Channel>, state: Arc<AgentState>) -> PollResult {
     let send_mono = state.mono();
     let call = async {
-        let mut client = TimeMasterClient::connect(format!("http://{addr}"))
-            .await
-            .ok()?;
+        let mut client = TimeMasterClient::new(channel?);
         client
             .read(pb::MasterReadRequest {})
             .await
@@ -184,6 +183,21 @@ pub async fn run_poll_loop(
     state: Arc<AgentState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    // One long-lived channel per master: a fresh TCP and HTTP/2 handshake per poll would add
+    // its round trips to every interval.
+    let channels: Vec<Option<Channel>> = masters
+        .iter()
+        .map(|m| {
+            Endpoint::from_shared(format!("http://{m}"))
+                .map(|e| {
+                    e.connect_timeout(POLL_TIMEOUT)
+                        .tcp_nodelay(true)
+                        .connect_lazy()
+                })
+                .map_err(|e| tracing::error!(master = %m, error = %e, "bad master address"))
+                .ok()
+        })
+        .collect();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -191,9 +205,9 @@ pub async fn run_poll_loop(
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let polls: Vec<_> = masters
+        let polls: Vec<_> = channels
             .iter()
-            .map(|m| tokio::spawn(poll_master(m.clone(), state.clone())))
+            .map(|c| tokio::spawn(poll_master(c.clone(), state.clone())))
             .collect();
         let mut results = Vec::with_capacity(polls.len());
         for p in polls {
