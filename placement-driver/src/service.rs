@@ -10,7 +10,6 @@ use meridian_proto::tablet_client::TabletClient;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::placement::{choose_replicas, put_preferred_leader_first};
@@ -366,7 +365,7 @@ pub async fn run(
     }
     tonic::transport::Server::builder()
         .add_service(pb::placement_driver_server::PlacementDriverServer::new(pd))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(meridian_proto::incoming_nodelay(listener), async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })
         .await?;

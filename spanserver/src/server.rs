@@ -15,7 +15,6 @@ use meridian_proto::placement_driver_client::PlacementDriverClient;
 use meridian_truetime::TrueTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::gateway::{Gateway, GatewayStore};
 use crate::metrics::ServerMetrics;
@@ -178,9 +177,12 @@ pub async fn run(
             .add_service(pb::raft_transport_server::RaftTransportServer::new(
                 raft_service,
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                let _ = grpc_shutdown.wait_for(|s| *s).await;
-            }),
+            .serve_with_incoming_shutdown(
+                meridian_proto::incoming_nodelay(grpc_listener),
+                async move {
+                    let _ = grpc_shutdown.wait_for(|s| *s).await;
+                },
+            ),
     );
 
     let store = Arc::new(GatewayStore {

@@ -270,12 +270,9 @@ pub async fn serve_master(
         .add_service(pb::time_master_server::TimeMasterServer::new(
             MasterService { source },
         ))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            },
-        )
+        .serve_with_incoming_shutdown(meridian_proto::incoming_nodelay(listener), async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
         .await
 }
 
@@ -297,12 +294,9 @@ pub async fn serve_agent(
         .add_service(pb::time_agent_server::TimeAgentServer::new(AgentService {
             state,
         }))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            },
-        )
+        .serve_with_incoming_shutdown(meridian_proto::incoming_nodelay(listener), async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
         .await;
     poller.abort();
     result
