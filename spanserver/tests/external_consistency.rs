@@ -3,9 +3,8 @@
 //! clocks disagree (each within its declared ε).
 //!
 //! Three servers run simulated clocks offset by 0, -6 and +6 ms, each declaring ε = 7 ms, so every
-//! interval contains true time. The placement driver makes the first replica of each new tablet
-//! its preferred leader and spreads them, so the system tablet leads on server 1 and the two
-//! tables on servers 2 and 3: the two clocks furthest apart. The test runs
+//! interval contains true time. The test picks two tables whose leaders are on different servers,
+//! so their clocks are at least 6 ms apart. The test runs
 //! transactions that alternate between the tables, each starting after the previous one was
 //! acknowledged, through different gateways, and checks the order of their commit timestamps.
 //! The same run with commit wait disabled must find violations, which shows the check can fail.
@@ -36,8 +35,7 @@ async fn run_history(commit_wait: bool) -> (u32, u32) {
         .collect();
     let cluster = Cluster::start_with(configs).await;
     let gateways = [cluster.store(), cluster.store(), cluster.store()];
-    let table_a = cluster.create_table(&gateways[0]).await;
-    let table_b = cluster.create_table(&gateways[0]).await;
+    let (table_a, table_b) = common::two_tables_with_distinct_leaders(&cluster, &gateways[0]).await;
 
     let mut previous: Option<u64> = None;
     let mut violations = 0;

@@ -184,3 +184,52 @@ pub fn key(table: u32, k: u32) -> Vec<u8> {
     v.extend_from_slice(&k.to_be_bytes());
     v
 }
+
+/// The server leading `table`'s tablet, as the placement driver last heard in heartbeats.
+pub async fn leader_of(pd_addr: &str, table: u32) -> Option<u64> {
+    use meridian_proto::placement_driver_client::PlacementDriverClient;
+    let mut client = PlacementDriverClient::connect(format!("http://{pd_addr}"))
+        .await
+        .ok()?;
+    let dir = client
+        .get_directory(meridian_proto::GetDirectoryRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    dir.tablets
+        .into_iter()
+        .find(|t| t.start == table_prefix(table))
+        .map(|t| t.leader_hint)
+        .filter(|l| *l != 0)
+}
+
+/// Creates tables until two have their leaders on different servers; returns them.
+pub async fn two_tables_with_distinct_leaders(
+    cluster: &Cluster,
+    store: &GatewayStore,
+) -> (u32, u32) {
+    let mut seen: Vec<(u32, u64)> = Vec::new();
+    for _ in 0..8 {
+        let table = cluster.create_table(store).await;
+        // Make the group elect and report: one write, then wait for a heartbeat.
+        put(store, &key(table, 0), b"init")
+            .await
+            .expect("first write");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let leader = loop {
+            if let Some(l) = leader_of(&cluster.pd_addr, table).await {
+                break l;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no leader reported for table {table}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if let Some((other, _)) = seen.iter().find(|(_, l)| *l != leader) {
+            return (*other, table);
+        }
+        seen.push((table, leader));
+    }
+    panic!("every table's leader landed on one server: {seen:?}");
+}
