@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use meridian_spanserver::server::{BoundAddrs, ServerOptions};
 use meridian_truetime::agent::AgentConfig;
-use meridian_truetime::client::AgentClock;
-use meridian_truetime::daemon::{self, AgentMetrics, AgentState};
-use meridian_truetime::master::{ClockSource, SystemClockSource};
+use meridian_truetime::daemon;
 use meridian_truetime::TrueTime;
 use tokio::sync::{oneshot, watch};
 
@@ -133,7 +131,8 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
 }
 
 /// The error bound the demo's time master declares when the kernel does not report the clock
-/// disciplined.
+/// disciplined. The demo's processes share one clock, so they never disagree with each other;
+/// this is what the demo assumes about that clock against true time.
 const DEMO_MASTER_BOUND: Duration = Duration::from_micros(1000);
 /// How often the demo's agent polls its master.
 const DEMO_POLL_INTERVAL: Duration = Duration::from_millis(1000);
@@ -145,42 +144,20 @@ async fn start_truetime(
     stop: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> Result<(Arc<dyn TrueTime>, SocketAddr), String> {
-    let master = tokio::net::TcpListener::bind(loopback(0))
-        .await
-        .map_err(|e| e.to_string())?;
-    let master_addr = master.local_addr().map_err(|e| e.to_string())?;
-    let source: Arc<dyn ClockSource> = Arc::new(SystemClockSource::new(DEMO_MASTER_BOUND));
-    let rx = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        daemon::serve_master(master, source, rx)
-            .await
-            .map_err(|e| e.to_string())
-    }));
-
-    let agent = tokio::net::TcpListener::bind(loopback(0))
-        .await
-        .map_err(|e| e.to_string())?;
-    let agent_addr = agent.local_addr().map_err(|e| e.to_string())?;
-    let registry = prometheus::Registry::new();
-    let metrics = AgentMetrics::new(&registry).map_err(|e| e.to_string())?;
-    let config = AgentConfig::default();
-    let state = AgentState::new(config, Some(metrics));
-    let rx = stop.clone();
-    let masters = vec![master_addr.to_string()];
-    tasks.push(tokio::spawn(async move {
-        daemon::serve_agent(agent, masters, DEMO_POLL_INTERVAL, state, rx)
-            .await
-            .map_err(|e| e.to_string())
-    }));
-    let clock = AgentClock::connect(
-        agent_addr.to_string(),
-        config.max_epsilon,
-        READY_TIMEOUT,
+    let local = daemon::start_local(
+        DEMO_MASTER_BOUND,
+        DEMO_POLL_INTERVAL,
+        AgentConfig::default(),
+        None,
         stop.clone(),
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok((clock, agent_addr))
+    .await?;
+    for t in local.tasks {
+        tasks.push(tokio::spawn(
+            async move { t.await.map_err(|e| e.to_string()) },
+        ));
+    }
+    Ok((local.clock, local.agent_addr))
 }
 
 /// Waits until the first server answers SQL that reads the catalog.

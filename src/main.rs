@@ -169,9 +169,13 @@ enum BenchCommand {
         /// Writes measured per system.
         #[arg(long, default_value_t = 500)]
         writes: usize,
-        /// The clock uncertainty bound ε the servers use, in milliseconds.
-        #[arg(long, default_value_t = 7)]
-        clock_epsilon_ms: u64,
+        /// Use a fixed ε (milliseconds) instead of an in-process truetime master and agent.
+        #[arg(long)]
+        clock_epsilon_ms: Option<u64>,
+        /// The bound the in-process time master declares when the kernel does not report the
+        /// clock disciplined, in microseconds.
+        #[arg(long, default_value_t = 1000)]
+        master_bound_us: u64,
     },
 }
 
@@ -284,11 +288,25 @@ fn main() -> ExitCode {
                     BenchCommand::Writes {
                         writes,
                         clock_epsilon_ms,
+                        master_bound_us,
                     },
             } => {
                 init_tracing("warn");
-                let tt: Arc<dyn TrueTime> =
-                    Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms)));
+                let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+                let tt: Arc<dyn TrueTime> = match clock_epsilon_ms {
+                    Some(ms) => Arc::new(SystemTrueTime::new(Duration::from_millis(ms))),
+                    None => {
+                        meridian_truetime::daemon::start_local(
+                            Duration::from_micros(master_bound_us),
+                            Duration::from_millis(1000),
+                            meridian_truetime::agent::AgentConfig::default(),
+                            None,
+                            stop_rx,
+                        )
+                        .await?
+                        .clock
+                    }
+                };
                 let opts = meridian_tests::bench::writes::WritesOptions { writes };
                 meridian_tests::bench::writes::run(tt, opts)
                     .await

@@ -302,6 +302,70 @@ pub async fn serve_agent(
     result
 }
 
+/// A time master and an agent running in this process, for `meridian demo` and benchmarks.
+pub struct LocalTimeService {
+    /// A clock fed by the agent.
+    pub clock: Arc<crate::client::AgentClock>,
+    pub master_addr: std::net::SocketAddr,
+    pub agent_addr: std::net::SocketAddr,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a master declaring `bound` (when the kernel does not report the clock disciplined)
+/// and an agent polling it every `poll_interval`, on loopback, until `shutdown` fires; waits
+/// for the agent's first interval.
+pub async fn start_local(
+    bound: Duration,
+    poll_interval: Duration,
+    config: AgentConfig,
+    registry: Option<&Registry>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<LocalTimeService, String> {
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let master = tokio::net::TcpListener::bind(loopback)
+        .await
+        .map_err(|e| e.to_string())?;
+    let master_addr = master.local_addr().map_err(|e| e.to_string())?;
+    let source: Arc<dyn ClockSource> = Arc::new(crate::master::SystemClockSource::new(bound));
+    let mut tasks = Vec::new();
+    let rx = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = serve_master(master, source, rx).await {
+            tracing::error!(error = %e, "time master stopped");
+        }
+    }));
+    let agent = tokio::net::TcpListener::bind(loopback)
+        .await
+        .map_err(|e| e.to_string())?;
+    let agent_addr = agent.local_addr().map_err(|e| e.to_string())?;
+    let metrics = registry
+        .map(AgentMetrics::new)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let state = AgentState::new(config, metrics);
+    let rx = shutdown.clone();
+    let masters = vec![master_addr.to_string()];
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = serve_agent(agent, masters, poll_interval, state, rx).await {
+            tracing::error!(error = %e, "time agent stopped");
+        }
+    }));
+    let clock = crate::client::AgentClock::connect(
+        agent_addr.to_string(),
+        config.max_epsilon,
+        Duration::from_secs(30),
+        shutdown,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(LocalTimeService {
+        clock,
+        master_addr,
+        agent_addr,
+        tasks,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
