@@ -19,7 +19,7 @@ use meridian_truetime::{SimulatedClock, TrueTime};
 
 const OFFSETS_MS: [i64; 3] = [0, -6, 6];
 const EPSILON: Duration = Duration::from_millis(7);
-const TRANSACTIONS: u32 = 600;
+const TRANSACTIONS: u32 = 2000;
 
 /// Runs the alternating history and returns (pairs checked, violations).
 async fn run_history(commit_wait: bool) -> (u32, u32) {

@@ -502,6 +502,8 @@ async fn demo_serves_psql_and_stops_on_sigterm() {
         eprintln!("psql is not on PATH; skipping the psql check");
     }
 
+    check_truetime_now(&demo).await;
+
     let status = demo
         .terminate(SHUTDOWN_TIMEOUT)
         .await
@@ -512,6 +514,80 @@ async fn demo_serves_psql_and_stops_on_sigterm() {
         "the demo left its data directory {} behind",
         data_dir.display()
     );
+}
+
+/// `meridian truetime now --agent A --json` on the demo's agent prints exactly the four fields,
+/// synchronized, with an interval around the system clock whose width the master's 1 ms bound,
+/// the poll round trip and at most one poll interval of drift explain.
+async fn check_truetime_now(demo: &Demo) {
+    let agent = demo
+        .stdout_lines()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("truetime agent: ")
+                .and_then(|r| r.split_whitespace().next().map(str::to_string))
+        })
+        .expect("the demo prints its truetime agent's address");
+    let before = wall_ns();
+    let output = tokio::process::Command::new(meridian())
+        .args(["truetime", "now", "--agent", &agent, "--json"])
+        .output()
+        .await
+        .expect("run meridian truetime now");
+    let after = wall_ns();
+    assert!(
+        output.status.success(),
+        "truetime now failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let field = |name: &str| -> String {
+        let start = text
+            .find(&format!("\"{name}\": "))
+            .unwrap_or_else(|| panic!("{name} missing in {text}"));
+        let rest = &text[start + name.len() + 4..];
+        rest.split([',', '}'])
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .trim_matches('"')
+            .to_string()
+    };
+    assert!(
+        text.starts_with("{\"earliest_ns\": ") && text.ends_with('}'),
+        "{text}"
+    );
+    let earliest: u64 = field("earliest_ns").parse().expect("earliest_ns");
+    let latest: u64 = field("latest_ns").parse().expect("latest_ns");
+    let epsilon: u64 = field("epsilon_ns").parse().expect("epsilon_ns");
+    assert_eq!(field("status"), "synchronized");
+    assert_eq!(epsilon, (latest - earliest) / 2);
+    assert!(
+        earliest <= after && before <= latest,
+        "[{earliest}, {latest}] vs [{before}, {after}]"
+    );
+    // The demo's master declares the kernel's maxerror when the clock is disciplined, else 1 ms.
+    // ε is at least that bound, and at most the bound plus a generous round trip plus one
+    // second (one poll interval) of drift at 200 µs/s.
+    let bound = match meridian_truetime::master::kernel_clock_status() {
+        Some(k) if k.synchronized => k.max_error_ns,
+        _ => 1_000_000,
+    };
+    assert!(
+        epsilon >= bound,
+        "ε {epsilon} ns is below the master's declared bound {bound} ns"
+    );
+    assert!(
+        epsilon < bound + 10_000_000 + 200_000,
+        "ε {epsilon} ns is not explained by bound {bound} ns"
+    );
+}
+
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
 }
 
 /// Runs `psql -c "SELECT 1"` against `url`, killing it if it takes longer than `timeout`.

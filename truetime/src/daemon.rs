@@ -438,4 +438,71 @@ mod tests {
         assert_eq!(metrics.masters_rejected.get(), 1);
         let _ = stop.send(true);
     }
+
+    /// Commits must stop while the agent is gone and resume by themselves when it returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clock_becomes_unusable_without_its_agent_and_recovers() {
+        let (stop_all, all) = tokio::sync::watch::channel(false);
+        let (l, master) = listener().await;
+        let source: Arc<dyn ClockSource> =
+            Arc::new(SystemClockSource::new(Duration::from_micros(500)));
+        tokio::spawn(serve_master(l, source, all.clone()));
+        let start_agent = |l: tokio::net::TcpListener, stop: tokio::sync::watch::Receiver<bool>| {
+            let state = AgentState::new(AgentConfig::default(), None);
+            tokio::spawn(serve_agent(
+                l,
+                vec![master.clone()],
+                Duration::from_millis(100),
+                state,
+                stop,
+            ))
+        };
+        let (l, agent_addr) = listener().await;
+        let (stop_agent, agent_rx) = tokio::sync::watch::channel(false);
+        let agent = start_agent(l, agent_rx);
+        let clock = AgentClock::connect(
+            agent_addr.clone(),
+            Duration::from_millis(20),
+            Duration::from_secs(10),
+            all.clone(),
+        )
+        .await
+        .expect("agent synchronizes");
+        clock
+            .check_usable()
+            .expect("usable while the agent answers");
+
+        let _ = stop_agent.send(true);
+        let _ = agent.await;
+        let deadline = Instant::now() + crate::client::STALE_AFTER + Duration::from_secs(3);
+        while clock.check_usable().is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the clock stayed usable without its agent"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Reads still get intervals that contain true time, only wider.
+        let i = clock.now();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as u64;
+        assert!(i.earliest.0 <= wall && wall <= i.latest.0 + 1_000_000);
+
+        let l = tokio::net::TcpListener::bind(agent_addr.as_str())
+            .await
+            .expect("rebind the agent's port");
+        let (_restart, agent_rx) = tokio::sync::watch::channel(false);
+        let _agent = start_agent(l, agent_rx);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while clock.check_usable().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the clock did not recover when the agent returned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = stop_all.send(true);
+    }
 }
