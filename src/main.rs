@@ -164,6 +164,8 @@ enum TruetimeCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The cost of one TT.now() for each clock source, including the agent-fed one.
+    Clock,
     /// Single-row writes with and without commit wait, beside PostgreSQL.
     Writes {
         /// Writes measured per system.
@@ -282,6 +284,27 @@ fn main() -> ExitCode {
             Command::Demo { pg_port, no_shell } => {
                 init_tracing("warn");
                 demo::run(pg_port, no_shell).await
+            }
+            Command::Bench {
+                bench: BenchCommand::Clock,
+            } => {
+                init_tracing("warn");
+                let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+                let local = meridian_truetime::daemon::start_local(
+                    Duration::from_micros(1000),
+                    Duration::from_millis(1000),
+                    meridian_truetime::agent::AgentConfig::default(),
+                    None,
+                    stop_rx,
+                )
+                .await?;
+                let clock: Arc<dyn TrueTime> = local.clock;
+                let table =
+                    tokio::task::spawn_blocking(move || meridian_tests::bench::clock::run(clock))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                print!("{table}");
+                Ok(())
             }
             Command::Bench {
                 bench:

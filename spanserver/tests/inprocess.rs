@@ -86,3 +86,58 @@ async fn replicated_commits_survive_failover_and_restart() {
     }
     cluster.shutdown().await;
 }
+
+/// While TrueTime cannot justify timestamps (ε above the maximum), read-write commits are
+/// refused with a clear error, reads keep working, and commits resume by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_pause_while_the_clock_is_uncertain() {
+    common::init_tracing();
+    let clocks: Vec<std::sync::Arc<meridian_truetime::SimulatedClock>> = (0..3)
+        .map(|_| {
+            std::sync::Arc::new(meridian_truetime::SimulatedClock::new(
+                0,
+                Duration::from_millis(1),
+            ))
+        })
+        .collect();
+    let configs = clocks
+        .iter()
+        .map(|c| common::NodeConfig {
+            tt: c.clone(),
+            commit_wait: true,
+        })
+        .collect();
+    let cluster = Cluster::start_with(configs).await;
+    let store = cluster.store();
+    let table = cluster.create_table(&store).await;
+    put(&store, &key(table, 1), b"before")
+        .await
+        .expect("commit with a good clock");
+
+    for c in &clocks {
+        c.set_max_epsilon(Duration::from_millis(5));
+        c.set_epsilon(Duration::from_millis(50));
+    }
+    match put(&store, &key(table, 1), b"during").await {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("clock"), "unclear error: {m}"),
+        other => panic!("a commit with an unusable clock must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        get(&store, &key(table, 1))
+            .await
+            .expect("reads keep working"),
+        Some(b"before".to_vec())
+    );
+
+    for c in &clocks {
+        c.set_epsilon(Duration::from_millis(1));
+    }
+    put(&store, &key(table, 1), b"after")
+        .await
+        .expect("commits resume by themselves");
+    assert_eq!(
+        get(&store, &key(table, 1)).await.expect("read"),
+        Some(b"after".to_vec())
+    );
+    cluster.shutdown().await;
+}

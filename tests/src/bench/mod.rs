@@ -2,9 +2,11 @@
 //! machine, in one run, printed as a table. Benchmarks are programs (`meridian bench …`), never
 //! timed tests; quote medians and ratios, since shared machines are noisy.
 //!
+//! - [`clock`]: the cost of one `TT.now()` for each clock source.
 //! - [`writes`]: single-row writes on a 3-zone in-process cluster, with and without commit wait:
 //!   ε, commit wait and write latency (the "difference below ε" check).
 
+pub mod clock;
 pub mod cluster;
 pub mod postgres;
 pub mod stats;
