@@ -5,6 +5,7 @@
 //! - `meridian demo [--pg-port PORT] [--no-shell]`
 //! - `meridian sql --url postgresql://USER@HOST:PORT/DB [-e STATEMENT]`
 
+mod bench;
 mod demo;
 mod truetime;
 
@@ -285,57 +286,7 @@ fn main() -> ExitCode {
                 init_tracing("warn");
                 demo::run(pg_port, no_shell).await
             }
-            Command::Bench {
-                bench: BenchCommand::Clock,
-            } => {
-                init_tracing("warn");
-                let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-                let local = meridian_truetime::daemon::start_local(
-                    Duration::from_micros(1000),
-                    Duration::from_millis(1000),
-                    meridian_truetime::agent::AgentConfig::default(),
-                    None,
-                    stop_rx,
-                )
-                .await?;
-                let clock: Arc<dyn TrueTime> = local.clock;
-                let table =
-                    tokio::task::spawn_blocking(move || meridian_tests::bench::clock::run(clock))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                print!("{table}");
-                Ok(())
-            }
-            Command::Bench {
-                bench:
-                    BenchCommand::Writes {
-                        writes,
-                        clock_epsilon_ms,
-                        master_bound_us,
-                    },
-            } => {
-                init_tracing("warn");
-                let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-                let tt: Arc<dyn TrueTime> = match clock_epsilon_ms {
-                    Some(ms) => Arc::new(SystemTrueTime::new(Duration::from_millis(ms))),
-                    None => {
-                        meridian_truetime::daemon::start_local(
-                            Duration::from_micros(master_bound_us),
-                            Duration::from_millis(1000),
-                            meridian_truetime::agent::AgentConfig::default(),
-                            None,
-                            stop_rx,
-                        )
-                        .await?
-                        .clock
-                    }
-                };
-                let opts = meridian_tests::bench::writes::WritesOptions { writes };
-                meridian_tests::bench::writes::run(tt, opts)
-                    .await
-                    .map(|table| print!("{table}"))
-                    .map_err(|e| e.to_string())
-            }
+            Command::Bench { bench } => bench::run(bench).await,
             Command::Truetime { command } => truetime::run(command).await,
             Command::Sql { url, execute } => {
                 meridian_client::shell::run(meridian_client::shell::ShellOptions { url, execute })
