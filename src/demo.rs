@@ -60,6 +60,7 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
             pd: vec![pd_addr.to_string()],
             metrics_listen: Some(loopback(0)),
             commit_wait: true,
+            failpoints: Default::default(),
         };
         let (bound_tx, bound_rx) = oneshot::channel::<BoundAddrs>();
         let stop = stop_rx.clone();

@@ -277,6 +277,13 @@ fn main() -> ExitCode {
                     pd,
                     metrics_listen,
                     commit_wait: !unsafe_disable_commit_wait,
+                    failpoints: Arc::new(
+                        meridian_spanserver::failpoints::Failpoints::parse(
+                            &std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default(),
+                            true,
+                        )
+                        .map_err(|e| format!("MERIDIAN_FAILPOINTS: {e}"))?,
+                    ),
                 };
                 meridian_spanserver::server::run(opts, tt, shutdown, None)
                     .await

@@ -18,10 +18,12 @@
 //! The life of a write and of a query through these modules is told in
 //! `docs/architecture/`.
 
+pub mod failpoints;
 pub mod gateway;
 pub mod logging;
 pub mod metrics;
 pub mod raft;
+pub mod resolver;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -56,6 +56,8 @@ pub struct ServerOptions {
     /// Commit wait; `false` only for tests and benchmarks that show what it buys (see
     /// [`TabletService::commit_wait`]).
     pub commit_wait: bool,
+    /// Crash points armed for tests (see [`crate::failpoints`]).
+    pub failpoints: Arc<crate::failpoints::Failpoints>,
 }
 
 /// Why a server could not start.
@@ -144,6 +146,7 @@ pub async fn run(
 
     let transport = Transport::new(server, tokio::runtime::Handle::current());
     let registry: Registry = Default::default();
+    let (resolver_tx, resolver_rx) = tokio::sync::mpsc::unbounded_channel();
     let (driver, driver_thread) = driver::start(DriverConfig {
         server,
         engine: engine.clone(),
@@ -151,9 +154,12 @@ pub async fn run(
         transport: transport.clone(),
         registry: registry.clone(),
         logger: crate::logging::raft_logger(),
+        resolver: Some(resolver_tx.clone()),
+        failpoints: opts.failpoints.clone(),
     })?;
 
     let gateway = Gateway::new(opts.pd.clone());
+    let resolver = tokio::spawn(crate::resolver::run(gateway.clone(), resolver_rx));
     let engine_slot = EngineSlot::new(engine.clone());
     if !opts.commit_wait {
         tracing::warn!("commit wait is DISABLED: commits are not externally consistent");
@@ -165,6 +171,7 @@ pub async fn run(
         tt: tt.clone(),
         registry: registry.clone(),
         driver: driver.clone(),
+        resolver: Some(resolver_tx),
     };
     let raft_service = RaftService {
         driver: driver.clone(),
@@ -227,6 +234,7 @@ pub async fn run(
     let _ = shutdown.wait_for(|s| *s).await;
     tracing::info!(server = opts.id, "spanserver shutting down");
     heartbeats.abort();
+    resolver.abort();
     // Long-lived streams (peers' Raft transport, idle SQL sessions) would hold a graceful
     // shutdown open forever: give in-flight requests a moment, then cut the rest.
     if let Some(task) = metrics_http {

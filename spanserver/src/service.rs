@@ -2,8 +2,9 @@
 //! Raft transport (`RaftTransport`).
 //!
 //! Handlers never touch Raft state directly: reads run against the engine at the leader using
-//! the atomics the driver publishes in [`ReplicaShared`]; commits and new replicas are events
-//! sent to the driver thread.
+//! the atomics the driver publishes in [`ReplicaShared`]; lock requests, transaction steps and
+//! new replicas are events sent to the driver thread, and commit wait happens here, off that
+//! thread.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,14 +18,21 @@ use raft::prelude::Message;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::raft::driver::{CommitError, DriverHandle, Event, Registry, ReplicaShared};
+use crate::raft::driver::{
+    CommitError, DriverHandle, Event, Outcome, Registry, ReplicaShared, ResolverWork, TxnAnswer,
+    TxnCall, TxnOp,
+};
 use crate::raft::GroupId;
 use crate::storage::engine::Engine;
 use crate::storage::mvcc;
-use crate::tablet::{self, KeyRange, ReplicaDescriptor};
+use crate::tablet::lock_table::Span;
+use crate::tablet::{self, KeyRange, ReplicaDescriptor, TxnMeta};
 
 /// How long a commit may wait for its Raft round before its outcome is reported as unknown.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a transaction step may wait for locks before it gives up (wound-wait already
+/// bounds waits; this catches a holder that stopped making progress).
+pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rows a scan returns at most when the request sets no limit.
 pub const MAX_SCAN_ROWS: usize = 10_000;
 
@@ -78,6 +86,8 @@ pub struct TabletService {
     pub tt: Arc<dyn TrueTime>,
     pub registry: Registry,
     pub driver: DriverHandle,
+    /// Where a coordinator hands the outcome to be pushed to participants.
+    pub resolver: Option<tokio::sync::mpsc::UnboundedSender<ResolverWork>>,
 }
 
 impl TabletService {
@@ -108,6 +118,89 @@ impl TabletService {
     }
 }
 
+/// Converts a request's mutations.
+fn mutations(ms: Vec<pb::Mutation>) -> Vec<tablet::Mutation> {
+    ms.into_iter()
+        .map(|m| tablet::Mutation {
+            key: m.key,
+            value: if m.delete { None } else { Some(m.value) },
+        })
+        .collect()
+}
+
+fn txn_op(op: pb::txn_request::Op) -> TxnOp {
+    use pb::txn_request::Op;
+    match op {
+        Op::Lock(l) => TxnOp::LockExclusive { keys: l.keys },
+        Op::Commit(c) => TxnOp::Commit {
+            mutations: mutations(c.mutations),
+        },
+        Op::Prepare(p) => TxnOp::Prepare {
+            reads: p
+                .reads
+                .into_iter()
+                .map(|s| KeyRange {
+                    start: s.start,
+                    end: s.end,
+                })
+                .collect(),
+            mutations: mutations(p.mutations),
+            coordinator: p.coordinator_group,
+            participants: p.participant_groups,
+        },
+        Op::Decide(d) => TxnOp::Decide {
+            mutations: mutations(d.mutations),
+            participants: d.participant_groups,
+            min_ts: d.min_ts,
+        },
+        Op::Finish(f) => TxnOp::Finish { abort: f.abort },
+        Op::Resolve(r) => TxnOp::Resolve {
+            commit: r.commit,
+            ts: r.commit_ts,
+        },
+        Op::Status(_) => TxnOp::Status,
+        Op::Forget(_) => TxnOp::Forget,
+    }
+}
+
+impl TabletService {
+    /// Sends a transaction step to the driver and waits for its answer. A step still waiting
+    /// for locks after [`LOCK_WAIT_TIMEOUT`] is cancelled; one that was already proposed is
+    /// given [`COMMIT_TIMEOUT`] more before its outcome is reported unknown.
+    async fn call_driver(
+        &self,
+        group: GroupId,
+        txn: TxnMeta,
+        epoch: u64,
+        op: TxnOp,
+    ) -> Result<TxnAnswer, CommitError> {
+        let waiter = self.driver.waiter_id();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let call = TxnCall {
+            group,
+            txn,
+            epoch,
+            op,
+            waiter,
+            reply: tx,
+        };
+        if !self.driver.send(Event::Txn(call)) {
+            return Err(CommitError::Unavailable("server shutting down".into()));
+        }
+        let stopped = || CommitError::Ambiguous("server stopped during the step".into());
+        match tokio::time::timeout(LOCK_WAIT_TIMEOUT, &mut rx).await {
+            Ok(answer) => return answer.map_err(|_| stopped())?,
+            Err(_) => {
+                self.driver.send(Event::CancelWait { group, waiter });
+            }
+        }
+        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+            Ok(answer) => answer.map_err(|_| stopped())?,
+            Err(_) => Err(CommitError::Ambiguous("timed out in replication".into())),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::tablet_server::Tablet for TabletService {
     async fn scan(
@@ -117,24 +210,59 @@ impl pb::tablet_server::Tablet for TabletService {
         let req = request.into_inner();
         let group = GroupId(req.group_id);
         self.metrics.scans.inc();
+        let fail = |e: pb::TabletError| {
+            Ok(Response::new(pb::ScanResponse {
+                error: Some(e),
+                ..Default::default()
+            }))
+        };
         let replica = match self.leader_replica(group) {
             Ok(r) => r,
-            Err(e) => {
-                return Ok(Response::new(pb::ScanResponse {
-                    error: Some(e),
-                    ..Default::default()
-                }))
-            }
+            Err(e) => return fail(e),
         };
         if !replica.desc.range.covers(&req.start, &req.end) {
-            return Ok(Response::new(pb::ScanResponse {
-                error: error(Kind::KeyOutOfRange("scan outside the tablet".into())),
-                ..Default::default()
-            }));
+            return fail(pb::TabletError {
+                kind: Some(Kind::KeyOutOfRange("scan outside the tablet".into())),
+            });
         }
-        // Everything applied so far has a timestamp <= observed; reading at observed gives a
-        // consistent snapshot that commit validation can check against.
-        let observed = Timestamp(replica.max_applied_ts.load(Ordering::Acquire));
+        let (read_ts, lock_epoch) = match &req.txn {
+            Some(txn) => {
+                // A locking read: once the shared lock is granted, no uncommitted write can
+                // touch the span, and the latest versions are the ones to read.
+                let txn = TxnMeta {
+                    id: txn.id,
+                    priority: txn.priority,
+                };
+                let spans = vec![Span {
+                    start: req.start.clone(),
+                    end: req.end.clone(),
+                }];
+                match self
+                    .call_driver(group, txn, 0, TxnOp::LockShared { spans })
+                    .await
+                {
+                    Ok(answer) => (Timestamp(u64::MAX), answer.epoch),
+                    Err(e) => return fail(commit_error(e, group).unwrap_or_default()),
+                }
+            }
+            None => {
+                // A lock-free read at the newest timestamp this leader can serve: everything
+                // applied, once no transaction prepared at or below it is still in doubt.
+                let read_ts = Timestamp(replica.max_applied_ts.load(Ordering::Acquire));
+                let deadline = tokio::time::Instant::now() + LOCK_WAIT_TIMEOUT;
+                while replica.min_prepared_ts.load(Ordering::Acquire) < read_ts.0 {
+                    if tokio::time::Instant::now() > deadline {
+                        return fail(pb::TabletError {
+                            kind: Some(Kind::Unavailable(
+                                "a prepared transaction is still in doubt".into(),
+                            )),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                (read_ts, 0)
+            }
+        };
         let limit = match req.limit as usize {
             0 => MAX_SCAN_ROWS,
             n => n.min(MAX_SCAN_ROWS),
@@ -144,24 +272,23 @@ impl pb::tablet_server::Tablet for TabletService {
         };
         let (start, end) = (req.start, req.end);
         let result = tokio::task::spawn_blocking(move || {
-            mvcc::scan(engine.as_ref(), &start, &end, observed, limit)
+            mvcc::scan(engine.as_ref(), &start, &end, read_ts, limit)
         })
         .await;
         let scan = match result {
             Ok(Ok(scan)) => scan,
             Ok(Err(e)) => {
-                return Ok(Response::new(pb::ScanResponse {
-                    error: error(Kind::Internal(e.to_string())),
-                    ..Default::default()
-                }))
+                return fail(pb::TabletError {
+                    kind: Some(Kind::Internal(e.to_string())),
+                })
             }
             Err(e) => return Err(Status::internal(e.to_string())),
         };
-        // A commit is visible here once applied, possibly before its commit wait ended. Waiting
-        // until its timestamp has surely passed keeps every reader behind the writer's
+        // A lock-free read may see a commit applied before its commit wait ended; waiting
+        // until its timestamp has surely passed keeps the reader behind the writer's
         // acknowledgement in TrueTime order.
-        if self.commit_wait {
-            meridian_truetime::wait_until_after(self.tt.as_ref(), observed).await;
+        if self.commit_wait && req.txn.is_none() {
+            meridian_truetime::wait_until_after(self.tt.as_ref(), read_ts).await;
         }
         let rows = scan
             .rows
@@ -178,79 +305,82 @@ impl pb::tablet_server::Tablet for TabletService {
             error: None,
             rows,
             resume_key: scan.resume_key.unwrap_or_default(),
-            observed_ts: observed.0,
+            read_ts: if req.txn.is_some() { 0 } else { read_ts.0 },
+            lock_epoch,
         }))
     }
 
-    async fn commit(
+    async fn txn(
         &self,
-        request: Request<pb::CommitRequest>,
-    ) -> Result<Response<pb::CommitResponse>, Status> {
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
         let req = request.into_inner();
         let group = GroupId(req.group_id);
-        let commit = tablet::CommitRequest {
-            reads: req
-                .read_ranges
-                .into_iter()
-                .map(|r| tablet::ReadRange {
-                    start: r.start,
-                    end: r.end,
-                    observed_ts: Timestamp(r.observed_ts),
-                })
-                .collect(),
-            mutations: req
-                .mutations
-                .into_iter()
-                .map(|m| tablet::Mutation {
-                    key: m.key,
-                    value: if m.delete { None } else { Some(m.value) },
-                })
-                .collect(),
+        let Some(op) = req.op else {
+            return Err(Status::invalid_argument("a transaction step needs an op"));
+        };
+        let Some(txn) = req.txn else {
+            return Err(Status::invalid_argument("a transaction step needs a txn"));
+        };
+        let txn = TxnMeta {
+            id: txn.id,
+            priority: txn.priority,
+        };
+        let op = txn_op(op);
+        let commits = match &op {
+            TxnOp::Commit { .. } => Some(None),
+            TxnOp::Decide { participants, .. } => Some(Some(participants.clone())),
+            _ => None,
         };
         let started = std::time::Instant::now();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if !self.driver.send(Event::Commit {
-            group,
-            request: commit,
-            reply: tx,
-        }) {
-            return Err(Status::unavailable("server shutting down"));
-        }
-        let outcome = match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(CommitError::Ambiguous(
-                "server stopped during the commit".into(),
-            )),
-            Err(_) => Err(CommitError::Ambiguous(
-                "commit timed out in replication".into(),
-            )),
-        };
-        match outcome {
-            Ok(ts) => {
-                // Commit wait: ts was chosen before the Raft round, so this only waits for what
-                // is left of the uncertainty after replication.
+        let outcome = self.call_driver(group, txn, req.lock_epoch, op).await;
+        let answer = match (outcome, commits) {
+            (Ok(answer), Some(participants)) => {
+                // Commit wait: the timestamp was chosen before the Raft round, so this only
+                // waits for what is left of the uncertainty after replication.
                 let waited = std::time::Instant::now();
                 if self.commit_wait {
-                    meridian_truetime::wait_until_after(self.tt.as_ref(), ts).await;
+                    meridian_truetime::wait_until_after(self.tt.as_ref(), Timestamp(answer.ts))
+                        .await;
                 }
                 let m = &self.metrics;
                 m.commit_wait_seconds
                     .observe(waited.elapsed().as_secs_f64());
                 m.commit_seconds.observe(started.elapsed().as_secs_f64());
                 m.commits.with_label_values(&["committed"]).inc();
-                Ok(Response::new(pb::CommitResponse {
-                    error: None,
-                    commit_ts: ts.0,
-                }))
+                if let (Some(participants), Some(resolver)) = (participants, &self.resolver) {
+                    let _ = resolver.send(ResolverWork::Push {
+                        coordinator: group,
+                        txn: txn.id,
+                        commit: true,
+                        ts: answer.ts,
+                        participants,
+                    });
+                }
+                Ok(answer)
             }
-            Err(e) => {
+            (Err(e), Some(_)) => {
                 self.metrics.commits.with_label_values(&[e.outcome()]).inc();
-                Ok(Response::new(pb::CommitResponse {
-                    error: commit_error(e, group),
-                    commit_ts: 0,
-                }))
+                Err(e)
             }
-        }
+            (other, None) => other,
+        };
+        Ok(Response::new(match answer {
+            Ok(a) => pb::TxnResponse {
+                error: None,
+                lock_epoch: a.epoch,
+                ts: a.ts,
+                outcome: match a.outcome {
+                    Outcome::Pending => pb::TxnOutcome::Pending,
+                    Outcome::Committed => pb::TxnOutcome::Committed,
+                    Outcome::Aborted => pb::TxnOutcome::Aborted,
+                } as i32,
+            },
+            Err(e) => pb::TxnResponse {
+                error: commit_error(e, group),
+                ..Default::default()
+            },
+        }))
     }
 
     async fn create_replica(

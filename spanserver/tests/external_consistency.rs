@@ -30,6 +30,7 @@ async fn run_history(commit_wait: bool) -> (u32, u32) {
             NodeConfig {
                 tt: clock,
                 commit_wait,
+                failpoints: Default::default(),
             }
         })
         .collect();

@@ -31,9 +31,10 @@ async fn replicated_commits_survive_failover_and_restart() {
         .as_nanos() as u64;
     assert!(last_ts < now);
 
-    // A conflicting pair: both read k0, both write it; the second to commit must fail.
-    let mut t1 = store.begin().await.expect("begin");
-    let mut t2 = store.begin().await.expect("begin");
+    // A conflicting pair: both read k0, both write it. Wound-wait: the older t1's write lock
+    // wounds t2, which holds a shared lock on k0; t2's commit fails as retryable.
+    let mut t1 = store.begin(Some(1)).await.expect("begin");
+    let mut t2 = store.begin(Some(2)).await.expect("begin");
     t1.get(&key(table, 0)).await.expect("read");
     t2.get(&key(table, 0)).await.expect("read");
     t1.put(key(table, 0), b"t1".to_vec());
@@ -105,6 +106,7 @@ async fn commits_pause_while_the_clock_is_uncertain() {
         .map(|c| common::NodeConfig {
             tt: c.clone(),
             commit_wait: true,
+            failpoints: Default::default(),
         })
         .collect();
     let cluster = Cluster::start_with(configs).await;

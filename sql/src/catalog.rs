@@ -159,7 +159,7 @@ pub async fn read_tables(store: &dyn Store, names: &[String]) -> Result<TableSet
     if names.is_empty() {
         return Ok(tables);
     }
-    let mut txn = store.begin().await?;
+    let mut txn = store.begin(None).await?;
     let mut result = Ok(());
     for name in names {
         match get_table(txn.as_mut(), name).await {

@@ -96,8 +96,9 @@ impl MemStore {
 
 #[async_trait]
 impl Store for MemStore {
-    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
+    async fn begin(&self, priority: Option<u64>) -> Result<Box<dyn Transaction>, StoreError> {
         Ok(Box::new(MemTransaction {
+            priority: priority.unwrap_or(0),
             store: self.clone(),
             reads: HashMap::new(),
             scans: Vec::new(),
@@ -126,6 +127,8 @@ struct ScanRecord {
 
 /// A [`MemStore`] transaction.
 struct MemTransaction {
+    /// Carried for the trait; this store validates optimistically and does not lock.
+    priority: u64,
     store: MemStore,
     /// Key -> version seen (0 = absent).
     reads: HashMap<Vec<u8>, u64>,
@@ -210,6 +213,10 @@ impl MemTransaction {
 
 #[async_trait]
 impl Transaction for MemTransaction {
+    fn priority(&self) -> u64 {
+        self.priority
+    }
+
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.check_open()?;
         if let Some(buffered) = self.writes.get(key) {
@@ -348,12 +355,12 @@ mod tests {
     #[tokio::test]
     async fn read_your_writes_and_scan_merge() {
         let store = MemStore::new();
-        let mut t = store.begin().await.unwrap();
+        let mut t = store.begin(None).await.unwrap();
         t.put(k(100, b"a"), b"1".to_vec());
         t.put(k(100, b"c"), b"3".to_vec());
         t.commit().await.unwrap();
 
-        let mut t = store.begin().await.unwrap();
+        let mut t = store.begin(None).await.unwrap();
         t.put(k(100, b"b"), b"2".to_vec());
         t.delete(k(100, b"c"));
         t.put(k(100, b"d"), b"4".to_vec());
@@ -369,8 +376,8 @@ mod tests {
     #[tokio::test]
     async fn conflicting_read_fails_at_commit() {
         let store = MemStore::new();
-        let mut t1 = store.begin().await.unwrap();
-        let mut t2 = store.begin().await.unwrap();
+        let mut t1 = store.begin(None).await.unwrap();
+        let mut t2 = store.begin(None).await.unwrap();
         assert_eq!(t1.get(&k(100, b"x")).await.unwrap(), None);
         t2.put(k(100, b"x"), b"2".to_vec());
         t2.commit().await.unwrap();
@@ -381,9 +388,9 @@ mod tests {
     #[tokio::test]
     async fn phantom_in_scanned_range_fails_at_commit() {
         let store = MemStore::new();
-        let mut t1 = store.begin().await.unwrap();
+        let mut t1 = store.begin(None).await.unwrap();
         t1.scan(&k(100, b""), &k(101, b""), None).await.unwrap();
-        let mut t2 = store.begin().await.unwrap();
+        let mut t2 = store.begin(None).await.unwrap();
         t2.put(k(100, b"new"), b"v".to_vec());
         t2.commit().await.unwrap();
         t1.put(k(100, b"other"), b"1".to_vec());
@@ -393,12 +400,12 @@ mod tests {
     #[tokio::test]
     async fn multi_tablet_transactions_are_refused() {
         let store = MemStore::new();
-        let mut t = store.begin().await.unwrap();
+        let mut t = store.begin(None).await.unwrap();
         t.get(&k(1, b"catalog")).await.unwrap();
         t.put(k(100, b"row"), b"v".to_vec());
         assert!(matches!(t.commit().await, Err(StoreError::NotSupported(_))));
 
-        let mut t = store.begin().await.unwrap();
+        let mut t = store.begin(None).await.unwrap();
         t.scan(&k(100, b""), &k(101, b""), None).await.unwrap();
         t.put(k(100, b"row"), b"v".to_vec());
         assert!(t.commit().await.is_ok());

@@ -178,6 +178,9 @@ pub struct Session {
     store: Arc<dyn Store>,
     txn: TxnState,
     last_commit_ts: Option<u64>,
+    /// The priority of the last transaction aborted as retryable: the next one inherits it, so
+    /// a client that retries keeps its place under wound-wait and cannot starve.
+    retry_priority: Option<u64>,
     settings: BTreeMap<String, String>,
 }
 
@@ -188,6 +191,7 @@ impl Session {
             store,
             txn: TxnState::Idle,
             last_commit_ts: None,
+            retry_priority: None,
             settings: BTreeMap::new(),
         }
     }
@@ -257,6 +261,9 @@ impl Session {
         let result = self.dispatch(stmt, params, param_types).await;
         if result.is_err() && matches!(self.txn, TxnState::Open(_)) {
             if let TxnState::Open(mut txn) = std::mem::replace(&mut self.txn, TxnState::Failed) {
+                if result.as_ref().is_err_and(|e| e.is_retryable()) {
+                    self.retry_priority = Some(txn.priority());
+                }
                 txn.rollback().await;
             }
         }
@@ -308,7 +315,8 @@ impl Session {
 
     async fn begin(&mut self) -> Result<StatementResult> {
         if matches!(self.txn, TxnState::Idle) {
-            self.txn = TxnState::Open(self.store.begin().await?);
+            let priority = self.retry_priority.take();
+            self.txn = TxnState::Open(self.store.begin(priority).await?);
         }
         // BEGIN inside a transaction only warns in PostgreSQL.
         Ok(StatementResult::command(CommandTag::Begin))
@@ -319,8 +327,16 @@ impl Session {
             TxnState::Idle => Ok(StatementResult::command(CommandTag::Commit)),
             TxnState::Failed => Ok(StatementResult::command(CommandTag::Rollback)),
             TxnState::Open(mut txn) => {
-                if let Some(ts) = txn.commit().await? {
-                    self.last_commit_ts = Some(ts);
+                match txn.commit().await {
+                    Ok(Some(ts)) => self.last_commit_ts = Some(ts),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let e = SqlError::from(e);
+                        if e.is_retryable() {
+                            self.retry_priority = Some(txn.priority());
+                        }
+                        return Err(e);
+                    }
                 }
                 Ok(StatementResult::command(CommandTag::Commit))
             }
@@ -357,9 +373,12 @@ impl Session {
                 .await;
         }
         let mut attempt = 0;
+        // Retries keep the first attempt's priority (wound-wait: they cannot starve).
+        let mut priority = self.retry_priority.take();
         loop {
             let outcome = async {
-                let mut txn = self.store.begin().await?;
+                let mut txn = self.store.begin(priority).await?;
+                priority = Some(txn.priority());
                 match run_statement(self.store.as_ref(), txn.as_mut(), stmt, params, param_types)
                     .await
                 {
@@ -395,7 +414,7 @@ impl Session {
         let mut attempt = 0;
         loop {
             let outcome: Result<Option<u64>> = async {
-                let mut txn = self.store.begin().await?;
+                let mut txn = self.store.begin(None).await?;
                 if catalog::get_table(txn.as_mut(), &desc.name)
                     .await?
                     .is_some()
@@ -450,7 +469,7 @@ impl Session {
         let mut attempt = 0;
         loop {
             let outcome: Result<Option<u64>> = async {
-                let mut txn = self.store.begin().await?;
+                let mut txn = self.store.begin(None).await?;
                 for name in &names {
                     if catalog::get_table(txn.as_mut(), name).await?.is_some() {
                         catalog::delete_table(txn.as_mut(), name);
@@ -481,7 +500,7 @@ impl Session {
     // ---- SHOW and SET ----
 
     async fn show_tables(&mut self) -> Result<StatementResult> {
-        let mut txn = self.store.begin().await?;
+        let mut txn = self.store.begin(None).await?;
         let tables = catalog::list_tables(txn.as_mut()).await;
         txn.rollback().await;
         let rows: Vec<Row> = tables?

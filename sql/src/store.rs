@@ -38,18 +38,22 @@ pub enum StoreError {
 /// A source of transactions and table key ranges.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Starts a read-write transaction.
-    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError>;
+    /// Starts a read-write transaction with wound-wait `priority` (smaller = older = wins), or
+    /// a fresh one (the current time) if `None`. A retry passes the aborted attempt's priority.
+    async fn begin(&self, priority: Option<u64>) -> Result<Box<dyn Transaction>, StoreError>;
 
     /// Allocates a fresh table id (>= FIRST_USER_TABLE_ID) and places its key range.
     async fn create_table_range(&self) -> Result<u32, StoreError>;
 }
 
 /// A read-write transaction. Reads see the transaction's own buffered writes; writes become
-/// visible to others atomically at commit. Serializable: a commit fails with
-/// `StoreError::Retryable` if anything it read changed.
+/// visible to others atomically at commit. Serializable: reads lock what they read, and a
+/// transaction that loses a conflict fails with `StoreError::Retryable`.
 #[async_trait]
 pub trait Transaction: Send {
+    /// The transaction's wound-wait priority.
+    fn priority(&self) -> u64;
+
     /// The value at `key`.
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -234,9 +234,9 @@ fn is_user_key(key: &[u8]) -> bool {
 
 #[async_trait]
 impl Store for CountingStore {
-    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
+    async fn begin(&self, priority: Option<u64>) -> Result<Box<dyn Transaction>, StoreError> {
         Ok(Box::new(CountingTxn {
-            inner: self.inner.begin().await?,
+            inner: self.inner.begin(priority).await?,
             calls: self.calls.clone(),
         }))
     }
@@ -248,6 +248,10 @@ impl Store for CountingStore {
 
 #[async_trait]
 impl Transaction for CountingTxn {
+    fn priority(&self) -> u64 {
+        self.inner.priority()
+    }
+
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if is_user_key(key) {
             self.calls.lock().unwrap().push(Call::Get);

@@ -30,9 +30,10 @@ use crate::raft::{GroupId, ServerId};
 /// How long a request keeps looking for a leader before giving up.
 pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Timeout of one scan RPC.
-const SCAN_RPC_TIMEOUT: Duration = Duration::from_secs(5);
-/// Timeout of one commit RPC (the server itself gives up after its own commit timeout).
-const COMMIT_RPC_TIMEOUT: Duration = Duration::from_secs(15);
+const SCAN_RPC_TIMEOUT: Duration = Duration::from_secs(12);
+/// Timeout of one transaction-step RPC (the server itself gives up after its lock-wait and
+/// commit timeouts).
+const COMMIT_RPC_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The gateway of one spanserver.
 pub struct Gateway {
@@ -242,6 +243,7 @@ impl Gateway {
         start: &[u8],
         end: &[u8],
         limit: u32,
+        txn: Option<pb::TxnMeta>,
     ) -> Result<(Route, pb::ScanResponse), StoreError> {
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         let mut attempt = 0;
@@ -260,6 +262,8 @@ impl Gateway {
                 start: start.to_vec(),
                 end: piece_end,
                 limit,
+                txn,
+                read_ts: 0,
             });
             request.set_timeout(SCAN_RPC_TIMEOUT);
             match client.scan(request).await {
@@ -297,12 +301,31 @@ impl Gateway {
         }
     }
 
-    /// Commits a single-group transaction at its leader; returns the commit timestamp.
-    pub async fn commit_group(
+    /// The route of `group` from the directory, refreshing it if the cache has none.
+    pub async fn route_group(&self, group: GroupId) -> Result<Route, StoreError> {
+        let find = |gw: &Gateway| {
+            gw.tablets
+                .read()
+                .iter()
+                .find(|t| t.group_id == group.0)
+                .map(Route::from_descriptor)
+        };
+        if let Some(r) = find(self) {
+            return Ok(r);
+        }
+        self.refresh_directory().await?;
+        find(self).ok_or_else(|| StoreError::Unavailable(format!("unknown tablet {group}")))
+    }
+
+    /// Sends one transaction step to `route`'s leader. Retries while the step certainly did not
+    /// run (a `NotLeader` or `Unavailable` answer, a connection never made); when its outcome
+    /// is unknown the caller gets an "ambiguous result" error instead, so a retry can never
+    /// apply it twice.
+    pub async fn txn_step(
         &self,
         route: &Route,
-        request: pb::CommitRequest,
-    ) -> Result<u64, StoreError> {
+        request: pb::TxnRequest,
+    ) -> Result<pb::TxnResponse, StoreError> {
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         let mut attempt = 0;
         loop {
@@ -315,13 +338,13 @@ impl Gateway {
             let mut client = self.tablet_client(server).await?;
             let mut rpc = tonic::Request::new(request.clone());
             rpc.set_timeout(COMMIT_RPC_TIMEOUT);
-            match client.commit(rpc).await {
+            match client.txn(rpc).await {
                 Ok(resp) => {
-                    let resp = resp.into_inner();
-                    match resp.error.and_then(|e| e.kind) {
+                    let mut resp = resp.into_inner();
+                    match resp.error.take().and_then(|e| e.kind) {
                         None => {
                             self.leaders.write().insert(route.group, server);
-                            return Ok(resp.commit_ts);
+                            return Ok(resp);
                         }
                         Some(Kind::NotLeader(nl)) => self.learn_leader(route, &nl, server),
                         Some(Kind::Unavailable(_)) => {}
@@ -344,13 +367,13 @@ impl Gateway {
                     }
                 }
                 Err(status) if never_sent(&status) => {
-                    tracing::debug!(group = route.group.0, server = server.0, %status, "commit not sent");
+                    tracing::debug!(group = route.group.0, server = server.0, %status, "step not sent");
                     self.rotate(route, server);
                 }
                 Err(status) => {
                     self.rotate(route, server);
                     return Err(StoreError::Unavailable(format!(
-                        "result is ambiguous: lost contact with the leader during commit ({})",
+                        "result is ambiguous: lost contact with the leader ({})",
                         status.message()
                     )));
                 }
@@ -397,8 +420,11 @@ pub struct GatewayStore {
 
 #[async_trait::async_trait]
 impl Store for GatewayStore {
-    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
-        Ok(Box::new(txn::GatewayTxn::new(self.gateway.clone())))
+    async fn begin(&self, priority: Option<u64>) -> Result<Box<dyn Transaction>, StoreError> {
+        Ok(Box::new(txn::GatewayTxn::new(
+            self.gateway.clone(),
+            priority,
+        )))
     }
 
     async fn create_table_range(&self) -> Result<u32, StoreError> {
@@ -433,7 +459,7 @@ mod tests {
             .expect("endpoint")
             .connect_lazy();
         let status = TabletClient::new(channel)
-            .commit(pb::CommitRequest::default())
+            .txn(pb::TxnRequest::default())
             .await
             .expect_err("nothing listens there");
         assert!(

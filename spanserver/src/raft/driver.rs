@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use meridian_truetime::{Timestamp, TrueTime};
 use parking_lot::RwLock;
@@ -28,11 +28,15 @@ use super::group::{RaftGroup, TICK_INTERVAL};
 use super::keys;
 use super::transport::Transport;
 use super::{GroupId, ServerId};
+use crate::failpoints::{self, Failpoints};
 use crate::storage::engine::{Cf, Engine, WriteBatch};
-use crate::tablet::locks::LockTable;
-use crate::tablet::{self, Command, CommitRequest, ReplicaDescriptor, ValidationError};
+use crate::tablet::lock_table::{Acquired, Effects, LockMode, LockTable, Refusal, Span, WaiterId};
+use crate::tablet::{
+    self, Applied, Command, KeyRange, Mutation, PreparedRecord, ReplicaDescriptor, TxnMeta,
+    TxnRecords,
+};
 
-/// Why a commit did not happen, grouped by what the caller should do.
+/// Why a transaction step failed, grouped by what the caller should do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommitError {
     /// Retry at the leader, if one is known.
@@ -41,7 +45,8 @@ pub enum CommitError {
     /// Retry shortly (no replica here yet, leader still catching up).
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The transaction conflicted and was not committed: retry it whole.
+    /// The transaction was aborted (wounded, locks lost, coordinator decided abort): retry it
+    /// whole.
     #[error("conflict: {0}")]
     Conflict(String),
     /// It may or may not have committed (the leader changed while it was in flight).
@@ -72,19 +77,104 @@ impl CommitError {
     }
 }
 
-/// Reply channel for a commit: the commit timestamp once applied.
-pub type CommitReply = oneshot::Sender<Result<Timestamp, CommitError>>;
+impl From<Refusal> for CommitError {
+    fn from(r: Refusal) -> Self {
+        CommitError::Conflict(r.to_string())
+    }
+}
+
+/// One step of a read-write transaction at a group's leader (see `meridian.proto`, `TxnRequest`).
+#[derive(Debug)]
+pub enum TxnOp {
+    /// Shared locks on spans (a locking read); answered when granted.
+    LockShared { spans: Vec<Span> },
+    /// Exclusive locks on keys (round 1 of two-phase commit); answered when granted.
+    LockExclusive { keys: Vec<Vec<u8>> },
+    /// Single-group commit.
+    Commit { mutations: Vec<Mutation> },
+    /// Two-phase commit: participant prepare.
+    Prepare {
+        reads: Vec<KeyRange>,
+        mutations: Vec<Mutation>,
+        coordinator: u64,
+        participants: Vec<u64>,
+    },
+    /// Two-phase commit: coordinator commit.
+    Decide {
+        mutations: Vec<Mutation>,
+        participants: Vec<u64>,
+        min_ts: u64,
+    },
+    /// Release without committing: validate the locks (`abort == false`) or roll back.
+    Finish { abort: bool },
+    /// Two-phase commit: participant outcome.
+    Resolve { commit: bool, ts: u64 },
+    /// Two-phase commit: the coordinator's decision, deciding abort if there is none.
+    Status,
+    /// Two-phase commit: drop the coordinator's decision record.
+    Forget,
+}
+
+/// What a transaction step answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TxnAnswer {
+    /// The epoch of the transaction's locks at this leader.
+    pub epoch: u64,
+    /// A commit or prepare timestamp.
+    pub ts: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    #[default]
+    Pending,
+    Committed,
+    Aborted,
+}
+
+pub type TxnReply = oneshot::Sender<Result<TxnAnswer, CommitError>>;
+
+/// A transaction step sent to the driver.
+pub struct TxnCall {
+    pub group: GroupId,
+    pub txn: TxnMeta,
+    /// The epoch the caller holds locks under here (0 = none yet).
+    pub epoch: u64,
+    pub op: TxnOp,
+    /// Identifies the call if it has to wait for locks (see `Event::CancelWait`).
+    pub waiter: WaiterId,
+    pub reply: TxnReply,
+}
+
+/// Work the driver hands to the server's resolver task (two-phase commit housekeeping that
+/// needs RPCs to other groups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolverWork {
+    /// Tell `participants` the outcome of `txn`, then forget it at `coordinator`.
+    Push {
+        coordinator: GroupId,
+        txn: u64,
+        commit: bool,
+        ts: u64,
+        participants: Vec<u64>,
+    },
+    /// `group` has held `txn` prepared for a while: ask `coordinator` and resolve.
+    Inquire {
+        group: GroupId,
+        coordinator: GroupId,
+        txn: u64,
+    },
+}
 
 /// Work sent to the driver thread.
 pub enum Event {
     /// A Raft message from a peer.
     Raft(GroupId, Message),
-    /// Validate and commit a single-group transaction.
-    Commit {
-        group: GroupId,
-        request: CommitRequest,
-        reply: CommitReply,
-    },
+    /// A transaction step.
+    Txn(TxnCall),
+    /// The caller of a waiting transaction step gave up.
+    CancelWait { group: GroupId, waiter: WaiterId },
     /// Host a replica (idempotent).
     CreateReplica {
         desc: ReplicaDescriptor,
@@ -107,6 +197,13 @@ pub struct ReplicaShared {
     /// Every applied commit has a timestamp `<=` this. Updated only after the apply is visible.
     pub max_applied_ts: AtomicU64,
     pub applied_index: AtomicU64,
+    /// Transactions prepared here and not yet resolved.
+    pub prepared: AtomicU64,
+    /// The smallest prepare timestamp still in doubt (`u64::MAX` if none): reads at or above it
+    /// must wait for the outcome.
+    pub min_prepared_ts: AtomicU64,
+    /// Live transactions in the leader's lock table.
+    pub lock_holders: AtomicU64,
 }
 
 /// The replicas a server hosts, readable from any thread.
@@ -116,6 +213,7 @@ pub type Registry = Arc<RwLock<HashMap<GroupId, Arc<ReplicaShared>>>>;
 #[derive(Clone)]
 pub struct DriverHandle {
     tx: Sender<Event>,
+    next_waiter: Arc<AtomicU64>,
 }
 
 impl DriverHandle {
@@ -123,24 +221,60 @@ impl DriverHandle {
     pub fn send(&self, event: Event) -> bool {
         self.tx.send(event).is_ok()
     }
+
+    /// A fresh waiter id for a `TxnCall`.
+    pub fn waiter_id(&self) -> WaiterId {
+        self.next_waiter.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// What a proposal is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProposalKind {
+    Commit,
+    Prepare,
+    Decide,
+    Status,
+    Resolve,
+    Abort,
+    Forget,
 }
 
 struct Pending {
     index: u64,
-    keys: Vec<Vec<u8>>,
-    ts: Timestamp,
-    reply: CommitReply,
+    txn: u64,
+    kind: ProposalKind,
+    reply: TxnReply,
 }
+
+/// How long a read-write transaction may hold locks at a leader without a word from its
+/// gateway before it is wounded.
+pub const TXN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a participant holds a transaction prepared before asking its coordinator.
+pub const INQUIRE_AFTER: Duration = Duration::from_secs(2);
+/// How long an abort decision is kept (commit decisions are kept until every participant has
+/// the outcome).
+pub const ABORT_DECISION_TTL: Duration = Duration::from_secs(600);
+/// How often the driver runs its transaction housekeeping.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 struct Replica {
     group: RaftGroup,
     shared: Arc<ReplicaShared>,
     locks: LockTable,
+    records: TxnRecords,
+    /// Transaction steps waiting for locks.
+    waiting: HashMap<WaiterId, TxnCall>,
+    /// Lock releases held back until their commit timestamp has surely passed.
+    deferred: Vec<(Timestamp, u64)>,
+    /// When this leader last asked about each prepared transaction (or first saw it).
+    inquired: HashMap<u64, Instant>,
     last_assigned: Timestamp,
     max_applied_ts: Timestamp,
     applied_index: u64,
     pending: HashMap<u64, Pending>,
     was_leader: bool,
+    was_serving: bool,
 }
 
 impl Replica {
@@ -152,24 +286,80 @@ impl Replica {
                 .is_some_and(|i| self.applied_index >= i)
     }
 
-    /// Publishes leadership to other threads; on losing it, drops locks and fails waiters.
+    /// The next timestamp this leader may assign: above everything assigned or applied.
+    fn next_ts(&self, tt: &dyn TrueTime, at_least: u64) -> Timestamp {
+        let floor = self.last_assigned.max(self.max_applied_ts).next();
+        tt.now().latest.max(floor).max(Timestamp(at_least))
+    }
+
+    /// Publishes leadership to other threads; on losing it, drops locks and fails waiters; on
+    /// starting to serve, restores the locks of prepared transactions.
     fn sync_role(&mut self) {
         let leader = self.group.is_leader();
         if self.was_leader && !leader {
             self.locks.clear();
+            for (_, call) in self.waiting.drain() {
+                let _ = call
+                    .reply
+                    .send(Err(CommitError::NotLeader(self.group.leader())));
+            }
+            self.deferred.clear();
+            self.inquired.clear();
             for (_, p) in self.pending.drain() {
                 let _ = p.reply.send(Err(CommitError::Ambiguous(
                     "leadership changed while the commit was in flight".into(),
                 )));
             }
         }
+        let serving = self.serving();
+        if serving && !self.was_serving {
+            self.start_serving();
+        }
         self.was_leader = leader;
+        self.was_serving = serving;
         let s = &self.shared;
         s.is_leader.store(leader, Ordering::Release);
-        s.serving.store(self.serving(), Ordering::Release);
+        s.serving.store(serving, Ordering::Release);
         s.leader
             .store(self.group.leader().map_or(0, |l| l.0), Ordering::Release);
         s.term.store(self.group.term(), Ordering::Release);
+        s.prepared
+            .store(self.records.prepared.len() as u64, Ordering::Relaxed);
+        s.lock_holders
+            .store(self.locks.len() as u64, Ordering::Relaxed);
+    }
+
+    /// A new leader's lock table: fresh epochs, and every prepared transaction's locks back.
+    fn start_serving(&mut self) {
+        self.locks = LockTable::new(self.group.term() << 32);
+        let now = Instant::now();
+        for r in self.records.prepared.values() {
+            let keys = r.mutations.iter().map(|m| m.key.clone()).collect();
+            let reads = r
+                .reads
+                .iter()
+                .map(|k| Span {
+                    start: k.start.clone(),
+                    end: k.end.clone(),
+                })
+                .collect();
+            self.locks
+                .restore_prepared(r.txn.id, r.txn.lock_priority(), reads, keys, now);
+            self.inquired.insert(r.txn.id, now);
+        }
+        for r in self.records.prepared.values() {
+            self.last_assigned = self.last_assigned.max(Timestamp(r.prepare_ts));
+        }
+        for d in self.records.decisions.values() {
+            self.last_assigned = self.last_assigned.max(Timestamp(d.ts));
+        }
+        tracing::info!(
+            group = self.group.id().0,
+            term = self.group.term(),
+            prepared = self.records.prepared.len(),
+            decisions = self.records.decisions.len(),
+            "serving as leader"
+        );
     }
 }
 
@@ -181,6 +371,9 @@ pub struct DriverConfig {
     pub transport: Arc<Transport>,
     pub registry: Registry,
     pub logger: slog::Logger,
+    /// Where two-phase commit housekeeping goes (none in tests of a lone driver).
+    pub resolver: Option<tokio::sync::mpsc::UnboundedSender<ResolverWork>>,
+    pub failpoints: Arc<Failpoints>,
 }
 
 /// Opens every replica recorded in the engine and starts the driver thread.
@@ -191,12 +384,19 @@ pub fn start(config: DriverConfig) -> std::io::Result<(DriverHandle, std::thread
         replicas: BTreeMap::new(),
         rx,
         next_proposal: 1,
+        crashed: false,
     };
     driver.open_existing();
     let handle = std::thread::Builder::new()
         .name("raft-driver".into())
         .spawn(move || driver.run())?;
-    Ok((DriverHandle { tx }, handle))
+    Ok((
+        DriverHandle {
+            tx,
+            next_waiter: Arc::new(AtomicU64::new(1)),
+        },
+        handle,
+    ))
 }
 
 struct DriverLoop {
@@ -204,6 +404,8 @@ struct DriverLoop {
     replicas: BTreeMap<GroupId, Replica>,
     rx: Receiver<Event>,
     next_proposal: u64,
+    /// A failpoint fired: stop at once, as a killed process would.
+    crashed: bool,
 }
 
 /// The most events handled before the driver processes readies again.
@@ -264,6 +466,7 @@ impl DriverLoop {
             // Skip the first election timeout on a brand-new group.
             let _ = group.campaign();
         }
+        let records = TxnRecords::load(engine.as_ref(), id)?;
         let shared = Arc::new(ReplicaShared {
             desc: desc.clone(),
             serving: AtomicBool::new(false),
@@ -272,6 +475,9 @@ impl DriverLoop {
             is_leader: AtomicBool::new(false),
             max_applied_ts: AtomicU64::new(max_applied_ts),
             applied_index: AtomicU64::new(applied_index),
+            prepared: AtomicU64::new(records.prepared.len() as u64),
+            min_prepared_ts: AtomicU64::new(records.min_prepare_ts()),
+            lock_holders: AtomicU64::new(0),
         });
         self.config.registry.write().insert(id, shared.clone());
         tracing::info!(group = id.0, peers = ?desc.peers, applied_index, "replica opened");
@@ -280,12 +486,17 @@ impl DriverLoop {
             Replica {
                 group,
                 shared,
-                locks: LockTable::default(),
+                locks: LockTable::new(0),
+                records,
+                waiting: HashMap::new(),
+                deferred: Vec::new(),
+                inquired: HashMap::new(),
                 last_assigned: Timestamp(max_applied_ts),
                 max_applied_ts: Timestamp(max_applied_ts),
                 applied_index,
                 pending: HashMap::new(),
                 was_leader: false,
+                was_serving: false,
             },
         );
         Ok(())
@@ -293,6 +504,7 @@ impl DriverLoop {
 
     fn run(mut self) {
         let mut next_tick = Instant::now() + TICK_INTERVAL;
+        let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(timeout) {
@@ -320,11 +532,20 @@ impl DriverLoop {
                     next_tick = Instant::now() + TICK_INTERVAL;
                 }
             }
+            self.release_deferred();
+            if Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + SWEEP_INTERVAL;
+            }
             if let Err(e) = self.process_ready() {
                 // A storage failure here means the disk is gone; continuing could ack writes
                 // that are not durable.
                 tracing::error!(error = %e, "raft driver cannot persist; stopping the server");
                 std::process::exit(70);
+            }
+            if self.crashed {
+                tracing::error!("raft driver crashed at a failpoint");
+                return;
             }
         }
         tracing::info!("raft driver stopped");
@@ -339,11 +560,18 @@ impl DriverLoop {
                     }
                 }
             }
-            Event::Commit {
-                group,
-                request,
-                reply,
-            } => self.propose_commit(group, request, reply),
+            Event::Txn(call) => self.txn(call),
+            Event::CancelWait { group, waiter } => {
+                if let Some(r) = self.replicas.get_mut(&group) {
+                    if let Some(call) = r.waiting.remove(&waiter) {
+                        let _ = call
+                            .reply
+                            .send(Err(CommitError::Conflict("lock wait timed out".into())));
+                    }
+                    let effects = r.locks.cancel(waiter);
+                    self.answer_lock_effects(group, effects);
+                }
+            }
             Event::CreateReplica { desc, reply } => {
                 let result = self.open_replica(desc, true);
                 if let Some(reply) = reply {
@@ -354,9 +582,11 @@ impl DriverLoop {
         }
     }
 
-    fn propose_commit(&mut self, group: GroupId, request: CommitRequest, reply: CommitReply) {
+    /// Runs a transaction step at a leader, or parks it until its locks are granted.
+    fn txn(&mut self, call: TxnCall) {
+        let group = call.group;
         let Some(r) = self.replicas.get_mut(&group) else {
-            let _ = reply.send(Err(CommitError::Unavailable(format!(
+            let _ = call.reply.send(Err(CommitError::Unavailable(format!(
                 "no replica of {group} here"
             ))));
             return;
@@ -367,51 +597,412 @@ impl DriverLoop {
             } else {
                 CommitError::NotLeader(r.group.leader())
             };
-            let _ = reply.send(Err(err));
+            let _ = call.reply.send(Err(err));
             return;
         }
-        if let Err(e) = self.config.tt.check_usable() {
-            let _ = reply.send(Err(CommitError::ClockUncertain(e.to_string())));
+        let range = &r.shared.desc.range;
+        let in_range = match &call.op {
+            TxnOp::LockShared { spans } => spans.iter().all(|s| range.covers(&s.start, &s.end)),
+            TxnOp::LockExclusive { keys } => keys.iter().all(|k| range.contains(k)),
+            TxnOp::Commit { mutations }
+            | TxnOp::Prepare { mutations, .. }
+            | TxnOp::Decide { mutations, .. } => tablet::all_in_range(range, mutations),
+            _ => true,
+        };
+        if !in_range {
+            let _ = call.reply.send(Err(CommitError::OutOfRange));
             return;
         }
-        let engine = self.config.engine.as_ref();
-        if let Err(e) = tablet::validate(engine, &r.shared.desc.range, &r.locks, &request) {
-            let err = match e {
-                ValidationError::OutOfRange => CommitError::OutOfRange,
-                ValidationError::Engine(e) => CommitError::Internal(e),
-                other => CommitError::Conflict(other.to_string()),
-            };
-            let _ = reply.send(Err(err));
-            return;
+        let now = Instant::now();
+        let (spans, mode) = match &call.op {
+            TxnOp::LockShared { spans } => (spans.clone(), LockMode::Shared),
+            TxnOp::LockExclusive { keys } => (
+                keys.iter().map(|k| Span::point(k)).collect(),
+                LockMode::Exclusive,
+            ),
+            TxnOp::Commit { mutations } => (
+                mutations.iter().map(|m| Span::point(&m.key)).collect(),
+                LockMode::Exclusive,
+            ),
+            _ => {
+                self.locked_step(call, now);
+                return;
+            }
+        };
+        let (result, effects) = r.locks.acquire(
+            call.txn.id,
+            call.txn.lock_priority(),
+            spans,
+            mode,
+            call.waiter,
+            now,
+        );
+        match result {
+            Ok(Acquired::Granted { .. }) => self.locked_step(call, now),
+            Ok(Acquired::Waiting) => {
+                r.waiting.insert(call.waiter, call);
+            }
+            Err(refusal) => {
+                let _ = call.reply.send(Err(refusal.into()));
+            }
         }
-        let floor = r.last_assigned.max(r.max_applied_ts).next();
-        let ts = self.config.tt.now().latest.max(floor);
+        self.answer_lock_effects(group, effects);
+    }
+
+    /// Continues a transaction step whose locks (if it needed any) are held.
+    fn locked_step(&mut self, call: TxnCall, now: Instant) {
+        let tt = self.config.tt.clone();
+        let group = call.group;
+        let Some(r) = self.replicas.get_mut(&group) else {
+            return;
+        };
+        let txn = call.txn.id;
+        // The epoch the transaction's locks are held under here, if it still holds them.
+        let held = r.locks.check(txn, now);
+        let epoch_ok = |held: &Result<u64, Refusal>| -> Result<u64, CommitError> {
+            match held {
+                Ok(e) if call.epoch == 0 || call.epoch == *e => Ok(*e),
+                Ok(_) => Err(Refusal::Lost.into()),
+                Err(refusal) => Err(refusal.clone().into()),
+            }
+        };
+        let needs_clock = matches!(
+            call.op,
+            TxnOp::Commit { .. } | TxnOp::Prepare { .. } | TxnOp::Decide { .. }
+        );
+        if needs_clock {
+            if let Err(e) = tt.check_usable() {
+                // The transaction cannot commit now; it ends here and gives its locks back.
+                let effects = r.locks.release(txn);
+                let _ = call
+                    .reply
+                    .send(Err(CommitError::ClockUncertain(e.to_string())));
+                self.answer_lock_effects(group, effects);
+                return;
+            }
+        }
+        let (command, kind, ts) = match call.op {
+            TxnOp::LockShared { .. } | TxnOp::LockExclusive { .. } => {
+                let answer = epoch_ok(&held).map(|epoch| TxnAnswer {
+                    epoch,
+                    ..Default::default()
+                });
+                let _ = call.reply.send(answer);
+                return;
+            }
+            TxnOp::Finish { abort } => {
+                if abort && r.records.prepared.contains_key(&txn) {
+                    let command = Command::Resolve {
+                        proposal: self.next_proposal,
+                        txn,
+                        commit: false,
+                        ts: 0,
+                    };
+                    (command, ProposalKind::Abort, None)
+                } else if abort || r.records.prepared.contains_key(&txn) {
+                    // A rollback, or a validation of a transaction already prepared here.
+                    let effects = r.locks.release(txn);
+                    let _ = call.reply.send(Ok(TxnAnswer::default()));
+                    self.answer_lock_effects(group, effects);
+                    return;
+                } else {
+                    let answer = epoch_ok(&held).map(|epoch| TxnAnswer {
+                        epoch,
+                        ..Default::default()
+                    });
+                    let effects = r.locks.release(txn);
+                    let _ = call.reply.send(answer);
+                    self.answer_lock_effects(group, effects);
+                    return;
+                }
+            }
+            TxnOp::Commit { mutations } => {
+                if let Err(e) = epoch_ok(&held)
+                    .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from))
+                {
+                    let effects = r.locks.release(txn);
+                    let _ = call.reply.send(Err(e));
+                    self.answer_lock_effects(group, effects);
+                    return;
+                }
+                let ts = r.next_ts(tt.as_ref(), 0);
+                let command = Command::Commit {
+                    proposal: self.next_proposal,
+                    ts: ts.0,
+                    mutations,
+                };
+                (command, ProposalKind::Commit, Some(ts))
+            }
+            TxnOp::Prepare {
+                reads,
+                mutations,
+                coordinator,
+                participants,
+            } => {
+                if let Err(e) = epoch_ok(&held)
+                    .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from))
+                {
+                    let effects = r.locks.release(txn);
+                    let _ = call.reply.send(Err(e));
+                    self.answer_lock_effects(group, effects);
+                    return;
+                }
+                let ts = r.next_ts(tt.as_ref(), 0);
+                let record = PreparedRecord {
+                    txn: call.txn,
+                    prepare_ts: ts.0,
+                    coordinator,
+                    participants,
+                    reads,
+                    mutations,
+                };
+                let command = Command::Prepare {
+                    proposal: self.next_proposal,
+                    record,
+                };
+                (command, ProposalKind::Prepare, Some(ts))
+            }
+            TxnOp::Decide {
+                mutations,
+                participants,
+                min_ts,
+            } => {
+                if let Err(e) = epoch_ok(&held)
+                    .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from))
+                {
+                    // The transaction is aborted: log that, so that participants asking later
+                    // learn it rather than waiting for a decision that never comes.
+                    let effects = r.locks.release(txn);
+                    self.answer_lock_effects(group, effects);
+                    let _ = call.reply.send(Err(e));
+                    self.propose_abort_decision(group, txn, None);
+                    return;
+                }
+                let ts = r.next_ts(tt.as_ref(), min_ts.saturating_add(1));
+                let command = Command::Decide {
+                    proposal: self.next_proposal,
+                    txn,
+                    commit: true,
+                    ts: ts.0,
+                    mutations,
+                    participants,
+                    decided_at_ms: wall_ms(),
+                };
+                (command, ProposalKind::Decide, Some(ts))
+            }
+            TxnOp::Resolve { commit, ts } => {
+                if !r.records.prepared.contains_key(&txn) {
+                    let _ = call.reply.send(Ok(TxnAnswer::default()));
+                    return;
+                }
+                r.last_assigned = r.last_assigned.max(Timestamp(ts));
+                let command = Command::Resolve {
+                    proposal: self.next_proposal,
+                    txn,
+                    commit,
+                    ts,
+                };
+                (command, ProposalKind::Resolve, None)
+            }
+            TxnOp::Status => {
+                if let Some(d) = r.records.decisions.get(&txn) {
+                    let _ = call.reply.send(Ok(decision_answer(d.commit, d.ts)));
+                    return;
+                }
+                // The locks go when the abort applies: a commit decision already in flight
+                // would win, and must keep them until then.
+                self.propose_abort_decision(group, txn, Some(call.reply));
+                return;
+            }
+            TxnOp::Forget => {
+                let command = Command::Forget {
+                    proposal: self.next_proposal,
+                    txn,
+                };
+                (command, ProposalKind::Forget, None)
+            }
+        };
+        self.propose(group, command, kind, txn, ts, call.reply);
+    }
+
+    /// Logs an abort decision for `txn` at coordinator `group`.
+    fn propose_abort_decision(&mut self, group: GroupId, txn: u64, reply: Option<TxnReply>) {
+        let command = Command::Decide {
+            proposal: self.next_proposal,
+            txn,
+            commit: false,
+            ts: 0,
+            mutations: Vec::new(),
+            participants: Vec::new(),
+            decided_at_ms: wall_ms(),
+        };
+        let reply = reply.unwrap_or_else(|| oneshot::channel().0);
+        self.propose(group, command, ProposalKind::Status, txn, None, reply);
+    }
+
+    /// Proposes `command` and parks `reply` until it applies.
+    fn propose(
+        &mut self,
+        group: GroupId,
+        command: Command,
+        kind: ProposalKind,
+        txn: u64,
+        ts: Option<Timestamp>,
+        reply: TxnReply,
+    ) {
+        let Some(r) = self.replicas.get_mut(&group) else {
+            return;
+        };
         let proposal = self.next_proposal;
         self.next_proposal += 1;
-        let keys: Vec<Vec<u8>> = request.mutations.iter().map(|m| m.key.clone()).collect();
-        let command = Command::Commit {
-            proposal,
-            ts: ts.0,
-            mutations: request.mutations,
-        };
         match r.group.propose(command.encode()) {
             Ok(index) => {
-                r.last_assigned = ts;
-                r.locks.lock(keys.iter().cloned(), proposal);
+                if let Some(ts) = ts {
+                    r.last_assigned = r.last_assigned.max(ts);
+                }
                 r.pending.insert(
                     proposal,
                     Pending {
                         index,
-                        keys,
-                        ts,
+                        txn,
+                        kind,
                         reply,
                     },
                 );
             }
             Err(e) => {
+                let effects = r.locks.release(txn);
                 let _ = reply.send(Err(CommitError::Unavailable(format!(
                     "proposal dropped: {e}"
                 ))));
+                self.answer_lock_effects(group, effects);
+            }
+        }
+    }
+
+    /// Answers the waiting steps a lock-table call granted or refused.
+    fn answer_lock_effects(&mut self, group: GroupId, effects: Effects) {
+        let Some(r) = self.replicas.get_mut(&group) else {
+            return;
+        };
+        for (waiter, refusal) in effects.refused {
+            if let Some(call) = r.waiting.remove(&waiter) {
+                let _ = call.reply.send(Err(refusal.into()));
+            }
+        }
+        if !effects.wounded.is_empty() {
+            tracing::debug!(group = group.0, wounded = ?effects.wounded, "wound-wait");
+        }
+        let granted: Vec<TxnCall> = effects
+            .granted
+            .into_iter()
+            .filter_map(|(waiter, _)| r.waiting.remove(&waiter))
+            .collect();
+        let now = Instant::now();
+        for call in granted {
+            self.locked_step(call, now);
+        }
+    }
+
+    /// Releases the locks of commits whose timestamp has now surely passed.
+    fn release_deferred(&mut self) {
+        let tt = self.config.tt.clone();
+        let groups: Vec<GroupId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| !r.deferred.is_empty())
+            .map(|(g, _)| *g)
+            .collect();
+        for group in groups {
+            let Some(r) = self.replicas.get_mut(&group) else {
+                continue;
+            };
+            let mut effects = Effects::default();
+            let mut keep = Vec::new();
+            for (ts, txn) in std::mem::take(&mut r.deferred) {
+                if tt.after(ts) {
+                    merge(&mut effects, r.locks.release(txn));
+                } else {
+                    keep.push((ts, txn));
+                }
+            }
+            r.deferred = keep;
+            self.answer_lock_effects(group, effects);
+        }
+    }
+
+    /// Transaction housekeeping on every serving leader: wound idle transactions, ask
+    /// coordinators about long-prepared ones, finish what a failed coordinator left, and drop
+    /// old abort decisions.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let groups: Vec<GroupId> = self.replicas.keys().copied().collect();
+        for group in groups {
+            let Some(r) = self.replicas.get_mut(&group) else {
+                continue;
+            };
+            if !r.serving() {
+                continue;
+            }
+            let effects = r.locks.expire_idle(now, TXN_IDLE_TIMEOUT);
+            let mut work = Vec::new();
+            for rec in r.records.prepared.values() {
+                let since = *r.inquired.entry(rec.txn.id).or_insert(now);
+                if now.duration_since(since) >= INQUIRE_AFTER {
+                    r.inquired.insert(rec.txn.id, now);
+                    work.push(ResolverWork::Inquire {
+                        group,
+                        coordinator: GroupId(rec.coordinator),
+                        txn: rec.txn.id,
+                    });
+                }
+            }
+            let mut forget = Vec::new();
+            let wall = wall_ms();
+            for d in r.records.decisions.values() {
+                if !d.commit {
+                    if wall.saturating_sub(d.decided_at_ms) > ABORT_DECISION_TTL.as_millis() as u64
+                    {
+                        forget.push(d.txn);
+                    }
+                    continue;
+                }
+                // Commit decisions are pushed by whoever decided them; one still here after a
+                // while lost its pusher (a leader change or a failed push): push again.
+                let seen = *r.inquired.entry(d.txn).or_insert(now);
+                if now.duration_since(seen) >= INQUIRE_AFTER {
+                    r.inquired.insert(d.txn, now);
+                    work.push(ResolverWork::Push {
+                        coordinator: group,
+                        txn: d.txn,
+                        commit: true,
+                        ts: d.ts,
+                        participants: d.participants.clone(),
+                    });
+                }
+            }
+            r.inquired.retain(|t, _| {
+                r.records.prepared.contains_key(t) || r.records.decisions.contains_key(t)
+            });
+            self.answer_lock_effects(group, effects);
+            if let Some(resolver) = &self.config.resolver {
+                for w in work {
+                    let _ = resolver.send(w);
+                }
+            }
+            for txn in forget {
+                let command = Command::Forget {
+                    proposal: self.next_proposal,
+                    txn,
+                };
+                self.propose(
+                    group,
+                    command,
+                    ProposalKind::Forget,
+                    txn,
+                    None,
+                    oneshot::channel().0,
+                );
             }
         }
     }
@@ -492,7 +1083,7 @@ impl DriverLoop {
         &mut self,
         committed: Vec<(GroupId, Vec<Entry>)>,
         batch: &mut WriteBatch,
-    ) -> Result<Vec<(GroupId, Vec<AppliedCommit>)>, String> {
+    ) -> Result<Vec<(GroupId, Vec<AppliedEntry>)>, String> {
         let mut applied = Vec::new();
         for (id, entries) in committed {
             let Some(r) = self.replicas.get_mut(&id) else {
@@ -509,13 +1100,21 @@ impl DriverLoop {
                         let cmd = Command::decode(&e.data).map_err(|err| {
                             format!("undecodable command at {id} index {}: {err}", e.index)
                         })?;
-                        tablet::apply(batch, &cmd);
-                        let Command::Commit { proposal, ts, .. } = cmd;
+                        let result = tablet::apply(id, &mut r.records, batch, &cmd);
+                        let ts = match (&cmd, &result) {
+                            (_, Applied::Committed { ts }) | (_, Applied::Prepared { ts }) => *ts,
+                            _ => 0,
+                        };
                         r.max_applied_ts = r.max_applied_ts.max(Timestamp(ts));
-                        done.push(AppliedCommit {
-                            proposal,
+                        let resolved = match &cmd {
+                            Command::Resolve { txn, .. } => Some(*txn),
+                            _ => None,
+                        };
+                        done.push(AppliedEntry {
+                            proposal: cmd.proposal(),
                             index: e.index,
-                            ts: Timestamp(ts),
+                            result,
+                            resolved,
                         });
                     }
                     other => {
@@ -532,7 +1131,7 @@ impl DriverLoop {
     }
 
     /// After the applies are visible: publish them, release locks and answer waiting proposers.
-    fn answer_proposers(&mut self, applied: Vec<(GroupId, Vec<AppliedCommit>)>) {
+    fn answer_proposers(&mut self, applied: Vec<(GroupId, Vec<AppliedEntry>)>) {
         for (id, done) in applied {
             let Some(r) = self.replicas.get_mut(&id) else {
                 continue;
@@ -543,15 +1142,67 @@ impl DriverLoop {
             r.shared
                 .applied_index
                 .store(r.applied_index, Ordering::Release);
+            r.shared
+                .min_prepared_ts
+                .store(r.records.min_prepare_ts(), Ordering::Release);
+            let mut effects = Effects::default();
             for c in done {
+                // A resolution ends the transaction here, whoever proposed it.
+                if let Some(txn) = c.resolved {
+                    r.inquired.remove(&txn);
+                    match c.result {
+                        Applied::Committed { ts } => r.deferred.push((Timestamp(ts), txn)),
+                        _ => merge(&mut effects, r.locks.release(txn)),
+                    }
+                }
                 let ours = r
                     .pending
                     .get(&c.proposal)
-                    .is_some_and(|p| p.index == c.index && p.ts == c.ts);
-                if let Some(p) = ours.then(|| r.pending.remove(&c.proposal)).flatten() {
-                    r.locks.release(&p.keys, c.proposal);
-                    let _ = p.reply.send(Ok(c.ts));
+                    .is_some_and(|p| p.index == c.index);
+                let Some(p) = ours.then(|| r.pending.remove(&c.proposal)).flatten() else {
+                    continue;
+                };
+                let point = match (p.kind, &c.result) {
+                    (ProposalKind::Prepare, _) => Some(failpoints::PARTICIPANT_AFTER_PREPARE),
+                    (ProposalKind::Decide, Applied::Committed { .. }) => {
+                        Some(failpoints::COORDINATOR_AFTER_DECIDE)
+                    }
+                    _ => None,
+                };
+                if point.is_some_and(|name| self.config.failpoints.fire(name)) {
+                    self.crashed = true;
+                    return;
                 }
+                let answer = match (p.kind, &c.result) {
+                    (ProposalKind::Commit | ProposalKind::Decide, Applied::Committed { ts }) => {
+                        r.deferred.push((Timestamp(*ts), p.txn));
+                        Ok(decision_answer(true, *ts))
+                    }
+                    (ProposalKind::Decide, _) => {
+                        merge(&mut effects, r.locks.release(p.txn));
+                        Err(CommitError::Conflict(
+                            "the coordinator had already decided to abort".into(),
+                        ))
+                    }
+                    (ProposalKind::Prepare, Applied::Prepared { ts }) => Ok(TxnAnswer {
+                        ts: *ts,
+                        ..Default::default()
+                    }),
+                    (ProposalKind::Status, Applied::Committed { ts }) => {
+                        Ok(decision_answer(true, *ts))
+                    }
+                    (ProposalKind::Status, _) => {
+                        merge(&mut effects, r.locks.release(p.txn));
+                        Ok(decision_answer(false, 0))
+                    }
+                    (ProposalKind::Resolve | ProposalKind::Abort | ProposalKind::Forget, _) => {
+                        Ok(TxnAnswer::default())
+                    }
+                    (kind, result) => Err(CommitError::Internal(format!(
+                        "{kind:?} applied as {result:?}"
+                    ))),
+                };
+                let _ = p.reply.send(answer);
             }
             // Proposals whose index was applied with another entry were overwritten: they can
             // never commit, so the transaction is safe to retry.
@@ -564,19 +1215,47 @@ impl DriverLoop {
                 .collect();
             for proposal in lost {
                 if let Some(p) = r.pending.remove(&proposal) {
-                    r.locks.release(&p.keys, proposal);
+                    merge(&mut effects, r.locks.release(p.txn));
                     let _ = p.reply.send(Err(CommitError::Conflict(
                         "proposal lost to a leader change".into(),
                     )));
                 }
             }
+            self.answer_lock_effects(id, effects);
         }
     }
 }
 
-/// A commit entry that was just applied.
-struct AppliedCommit {
+/// An entry that was just applied.
+struct AppliedEntry {
     proposal: u64,
     index: u64,
-    ts: Timestamp,
+    result: Applied,
+    /// The transaction a `Resolve` ended.
+    resolved: Option<u64>,
+}
+
+fn decision_answer(commit: bool, ts: u64) -> TxnAnswer {
+    TxnAnswer {
+        epoch: 0,
+        ts,
+        outcome: if commit {
+            Outcome::Committed
+        } else {
+            Outcome::Aborted
+        },
+    }
+}
+
+fn merge(into: &mut Effects, from: Effects) {
+    into.granted.extend(from.granted);
+    into.refused.extend(from.refused);
+    into.wounded.extend(from.wounded);
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

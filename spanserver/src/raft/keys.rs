@@ -7,7 +7,11 @@
 //!   each), written atomically with the applied entries' effects.
 //!
 //! `Meta` CF:
-//! - `0x01 g` → the replica's descriptor (range and peers), one per hosted replica.
+//! - `0x01 g` → the replica's descriptor (range and peers), one per hosted replica;
+//! - `0x02 g txn(8)` → a two-phase commit participant's prepare record (`PreparedRecord`);
+//! - `0x03 g txn(8)` → a two-phase commit coordinator's decision (`DecisionRecord`).
+//!
+//! Transaction records are written in the same batch as the applied entries that create them.
 
 use super::GroupId;
 
@@ -15,6 +19,8 @@ const ENTRY: u8 = 0x01;
 const HARD_STATE: u8 = 0x02;
 const APPLIED: u8 = 0x03;
 const REPLICA: u8 = 0x01;
+const PREPARED: u8 = 0x02;
+const DECISION: u8 = 0x03;
 
 fn group_prefix(group: GroupId, kind: u8) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -53,6 +59,39 @@ pub fn replica(group: GroupId) -> Vec<u8> {
 /// The range of every replica descriptor key.
 pub fn replicas_range() -> (Vec<u8>, Vec<u8>) {
     (vec![REPLICA], vec![REPLICA + 1])
+}
+
+fn txn_record(kind: u8, group: GroupId, txn: u64) -> Vec<u8> {
+    let mut k = vec![kind];
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k.extend_from_slice(&txn.to_be_bytes());
+    k
+}
+
+fn txn_records_range(kind: u8, group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let mut start = vec![kind];
+    start.extend_from_slice(&group.0.to_be_bytes());
+    let mut end = start.clone();
+    end.extend_from_slice(&[0xff; 9]);
+    (start, end)
+}
+
+/// The key of `txn`'s prepare record in `group`.
+pub fn prepared(group: GroupId, txn: u64) -> Vec<u8> {
+    txn_record(PREPARED, group, txn)
+}
+
+pub fn prepared_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    txn_records_range(PREPARED, group)
+}
+
+/// The key of `txn`'s decision record in coordinator `group`.
+pub fn decision(group: GroupId, txn: u64) -> Vec<u8> {
+    txn_record(DECISION, group, txn)
+}
+
+pub fn decisions_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    txn_records_range(DECISION, group)
 }
 
 /// Decodes an 8-byte big-endian integer stored by this module.

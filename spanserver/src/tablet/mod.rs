@@ -1,34 +1,41 @@
-//! Tablets: a contiguous key range replicated by one Raft group, and the transaction logic its
-//! leader runs.
+//! Tablets: a contiguous key range replicated by one Raft group, and the transaction state its
+//! replicas keep.
 //!
-//! Commits are validated optimistically at the group's leader (STYLE.md rule 5: the logic here
-//! is pure functions over the engine, the lock table and the request; the driver schedules it):
+//! Read-write transactions lock at the group's leader (see [`lock_table`]: shared locks on the
+//! spans they read, exclusive locks on the keys they write, wound-wait) and commit in one of two
+//! ways (DESIGN.md, Transactions):
 //!
-//! 1. A transaction reads at the leader, which returns with every scan an `observed_ts`: every
-//!    commit applied when the scan ran has a timestamp `<= observed_ts`.
-//! 2. At commit, the leader checks under its single driver thread that no key the transaction
-//!    writes is locked by an in-flight commit, that no in-flight commit holds a key in any range
-//!    the transaction read, and that no version newer than the range's `observed_ts` exists in
-//!    any range it read. If all hold, nothing it read has changed: the transaction is
-//!    serializable at its commit timestamp.
-//! 3. The leader picks the commit timestamp `s = max(TT.now().latest, last assigned + 1)`, locks
-//!    the written keys, and proposes the commit through Raft. When the entry is applied the
-//!    locks are released and the proposer is told `s`; it then waits until `TT.after(s)`
-//!    (commit wait) before acknowledging.
+//! - **One group**: the leader takes the write locks, picks `s = max(TT.now().latest, last
+//!   assigned + 1)` and replicates [`Command::Commit`]; once applied and `TT.after(s)`, the
+//!   locks are released.
+//! - **Several groups (two-phase commit)**: every participant but the coordinator replicates a
+//!   [`Command::Prepare`] with its prepare timestamp, which leaves a [`PreparedRecord`] in the
+//!   replicated state; the coordinator picks `s` above every prepare timestamp and replicates
+//!   [`Command::Decide`], which applies its own writes and leaves a [`DecisionRecord`]; after
+//!   commit wait each participant replicates [`Command::Resolve`], which applies the prepared
+//!   writes at `s` (or drops them) and removes the record; last, [`Command::Forget`] drops the
+//!   decision.
 //!
-//! Commit timestamps are assigned in log order and are strictly increasing per group, so the
-//! apply order is the timestamp order.
+//! This module holds the replicated half: the commands, the records they leave, and
+//! [`apply`], a pure function of the records and the command. Applying is deterministic and
+//! idempotent per transaction, so every replica (and a new leader recovering from its log)
+//! reaches the same outcome: a `Decide` to commit that finds an abort decision already logged
+//! is refused, an abort that finds a commit is a no-op, a `Resolve` without a prepare record
+//! does nothing.
 //!
-//! Deliberately not here yet: multi-group (2PC) commits, wound-wait locking, read-only snapshot
-//! transactions and leases (the transactions issue).
+//! Commit timestamps are assigned by the leader in log order and are strictly increasing per
+//! group, except a `Resolve`'s, which is above the transaction's prepare timestamp; readers
+//! account for that with the prepared records (safe time).
 
-pub mod locks;
+pub mod lock_table;
 
 use meridian_truetime::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::raft::GroupId;
-use crate::storage::engine::{Engine, EngineError, WriteBatch};
+use std::collections::BTreeMap;
+
+use crate::raft::{keys, GroupId};
+use crate::storage::engine::{Cf, Engine, WriteBatch};
 use crate::storage::mvcc;
 
 /// A key range `[start, end)`; an empty `end` means unbounded.
@@ -77,30 +84,125 @@ pub struct Mutation {
     pub value: Option<Vec<u8>>,
 }
 
-/// A range a transaction read, and what the read observed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReadRange {
-    pub start: Vec<u8>,
-    pub end: Vec<u8>,
-    pub observed_ts: Timestamp,
+/// A transaction's identity and wound-wait priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnMeta {
+    pub id: u64,
+    /// Smaller = older = wins conflicts.
+    pub priority: u64,
 }
 
-/// A request to commit a single-group transaction.
-#[derive(Clone, Debug)]
-pub struct CommitRequest {
-    pub reads: Vec<ReadRange>,
+impl TxnMeta {
+    pub fn lock_priority(&self) -> lock_table::Priority {
+        lock_table::Priority {
+            ts: self.priority,
+            txn: self.id,
+        }
+    }
+}
+
+/// What a participant logged when it prepared: enough for any later leader to restore the
+/// transaction's locks, block safe time below its prepare timestamp, ask the coordinator for
+/// the outcome and apply it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedRecord {
+    pub txn: TxnMeta,
+    pub prepare_ts: u64,
+    pub coordinator: u64,
+    pub participants: Vec<u64>,
+    /// The spans the transaction read here (shared locks to restore).
+    pub reads: Vec<KeyRange>,
     pub mutations: Vec<Mutation>,
 }
 
-/// A command replicated through a tablet's Raft log.
+/// What a coordinator logged when it decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub txn: u64,
+    pub commit: bool,
+    /// The commit timestamp (0 for an abort).
+    pub ts: u64,
+    /// Participants still to be told (the coordinator excluded).
+    pub participants: Vec<u64>,
+    /// Wall-clock ms when decided; abort decisions are forgotten after a while.
+    pub decided_at_ms: u64,
+}
+
+/// The transaction records of one replica, mirrored in memory from the `Meta` CF.
+#[derive(Clone, Debug, Default)]
+pub struct TxnRecords {
+    pub prepared: BTreeMap<u64, PreparedRecord>,
+    pub decisions: BTreeMap<u64, DecisionRecord>,
+}
+
+impl TxnRecords {
+    /// Loads `group`'s records from the engine.
+    pub fn load(engine: &dyn Engine, group: GroupId) -> Result<TxnRecords, String> {
+        let mut records = TxnRecords::default();
+        let (start, end) = keys::prepared_range(group);
+        for item in engine.scan(Cf::Meta, &start, Some(&end)) {
+            let (_, v) = item.map_err(|e| e.to_string())?;
+            let r: PreparedRecord = bincode::deserialize(&v)
+                .map_err(|e| format!("corrupt prepare record in {group}: {e}"))?;
+            records.prepared.insert(r.txn.id, r);
+        }
+        let (start, end) = keys::decisions_range(group);
+        for item in engine.scan(Cf::Meta, &start, Some(&end)) {
+            let (_, v) = item.map_err(|e| e.to_string())?;
+            let r: DecisionRecord = bincode::deserialize(&v)
+                .map_err(|e| format!("corrupt decision record in {group}: {e}"))?;
+            records.decisions.insert(r.txn, r);
+        }
+        Ok(records)
+    }
+
+    /// The smallest prepare timestamp of a transaction with writes still in doubt
+    /// (`u64::MAX` when nothing is): reads below it are safe, the `t_safe_tm` of DESIGN.md.
+    pub fn min_prepare_ts(&self) -> u64 {
+        self.prepared
+            .values()
+            .filter(|r| !r.mutations.is_empty())
+            .map(|r| r.prepare_ts)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// A command replicated through a tablet's Raft log. `proposal` identifies the proposer's
+/// waiter on the leader that proposed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Apply `mutations` at commit timestamp `ts`. `proposal` identifies the proposer's waiter.
+    /// A single-group commit: apply `mutations` at `ts`.
     Commit {
         proposal: u64,
         ts: u64,
         mutations: Vec<Mutation>,
     },
+    /// Two-phase commit, participant: the transaction is prepared at `record.prepare_ts`.
+    Prepare {
+        proposal: u64,
+        record: PreparedRecord,
+    },
+    /// Two-phase commit, coordinator: the outcome. A commit applies the coordinator's own
+    /// `mutations` at `ts`.
+    Decide {
+        proposal: u64,
+        txn: u64,
+        commit: bool,
+        ts: u64,
+        mutations: Vec<Mutation>,
+        participants: Vec<u64>,
+        decided_at_ms: u64,
+    },
+    /// Two-phase commit, participant: apply (or drop) the prepared writes.
+    Resolve {
+        proposal: u64,
+        txn: u64,
+        commit: bool,
+        ts: u64,
+    },
+    /// Two-phase commit, coordinator: drop the decision record.
+    Forget { proposal: u64, txn: u64 },
 }
 
 impl Command {
@@ -112,71 +214,125 @@ impl Command {
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
         bincode::deserialize(bytes).map_err(|e| e.to_string())
     }
-}
 
-/// Why a commit was refused before it was proposed. Each is safe to retry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ValidationError {
-    #[error("write-write conflict on a key being committed by another transaction")]
-    WriteLocked,
-    #[error("a range this transaction read is being written by another transaction")]
-    ReadLocked,
-    #[error("a row this transaction read changed after it was read (version {found} > observed {observed})")]
-    ReadChanged { found: u64, observed: u64 },
-    #[error("key outside the tablet's range")]
-    OutOfRange,
-    #[error("storage: {0}")]
-    Engine(String),
-}
-
-impl From<EngineError> for ValidationError {
-    fn from(e: EngineError) -> Self {
-        ValidationError::Engine(e.0)
+    pub fn proposal(&self) -> u64 {
+        match self {
+            Command::Commit { proposal, .. }
+            | Command::Prepare { proposal, .. }
+            | Command::Decide { proposal, .. }
+            | Command::Resolve { proposal, .. }
+            | Command::Forget { proposal, .. } => *proposal,
+        }
     }
 }
 
-/// Checks that `request` may commit now: its keys are in `range`, nothing it writes or read is
-/// locked by an in-flight commit, and nothing it read has a newer version than it observed.
-pub fn validate(
-    engine: &dyn Engine,
-    range: &KeyRange,
-    locks: &locks::LockTable,
-    request: &CommitRequest,
-) -> Result<(), ValidationError> {
-    for m in &request.mutations {
-        if !range.contains(&m.key) {
-            return Err(ValidationError::OutOfRange);
-        }
-        if locks.is_locked(&m.key) {
-            return Err(ValidationError::WriteLocked);
-        }
-    }
-    for r in &request.reads {
-        if !range.covers(&r.start, &r.end) {
-            return Err(ValidationError::OutOfRange);
-        }
-        if locks.any_locked_in(&r.start, &r.end) {
-            return Err(ValidationError::ReadLocked);
-        }
-        if let Some(newest) = mvcc::newest_version_ts_in_range(engine, &r.start, &r.end)? {
-            if newest > r.observed_ts {
-                return Err(ValidationError::ReadChanged {
-                    found: newest.0,
-                    observed: r.observed_ts.0,
-                });
-            }
-        }
-    }
-    Ok(())
+/// What applying a command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Writes applied at `ts` (a commit, a commit decision, a commit resolution).
+    Committed { ts: u64 },
+    /// A prepare record was written.
+    Prepared { ts: u64 },
+    /// The transaction is aborted here (an abort decision or resolution, or a commit decision
+    /// refused because an abort was already logged).
+    Aborted,
+    /// Nothing to do (a repeated resolution, a forget of an unknown record).
+    Noop,
 }
 
-/// Adds the effects of a committed command to `batch`.
-pub fn apply(batch: &mut WriteBatch, command: &Command) {
+/// Adds the effects of `command` to `batch` and `records`. Deterministic: every replica applying
+/// the same log reaches the same state.
+pub fn apply(
+    group: GroupId,
+    records: &mut TxnRecords,
+    batch: &mut WriteBatch,
+    command: &Command,
+) -> Applied {
     match command {
         Command::Commit { ts, mutations, .. } => {
-            for m in mutations {
-                mvcc::put_version(batch, &m.key, Timestamp(*ts), m.value.as_deref());
+            write_mutations(batch, mutations, *ts);
+            Applied::Committed { ts: *ts }
+        }
+        Command::Prepare { record, .. } => {
+            if records.prepared.contains_key(&record.txn.id) {
+                return Applied::Noop;
+            }
+            let ts = record.prepare_ts;
+            batch.put(
+                Cf::Meta,
+                keys::prepared(group, record.txn.id),
+                bincode::serialize(record).unwrap_or_default(),
+            );
+            records.prepared.insert(record.txn.id, record.clone());
+            Applied::Prepared { ts }
+        }
+        Command::Decide {
+            txn,
+            commit,
+            ts,
+            mutations,
+            participants,
+            decided_at_ms,
+            ..
+        } => {
+            if let Some(existing) = records.decisions.get(txn) {
+                return if existing.commit {
+                    Applied::Committed { ts: existing.ts }
+                } else {
+                    Applied::Aborted
+                };
+            }
+            let record = DecisionRecord {
+                txn: *txn,
+                commit: *commit,
+                ts: if *commit { *ts } else { 0 },
+                participants: participants.clone(),
+                decided_at_ms: *decided_at_ms,
+            };
+            batch.put(
+                Cf::Meta,
+                keys::decision(group, *txn),
+                bincode::serialize(&record).unwrap_or_default(),
+            );
+            records.decisions.insert(*txn, record);
+            if *commit {
+                write_mutations(batch, mutations, *ts);
+                Applied::Committed { ts: *ts }
+            } else {
+                Applied::Aborted
             }
         }
+        Command::Resolve {
+            txn, commit, ts, ..
+        } => {
+            let Some(record) = records.prepared.remove(txn) else {
+                return Applied::Noop;
+            };
+            batch.delete(Cf::Meta, keys::prepared(group, *txn));
+            if *commit {
+                write_mutations(batch, &record.mutations, *ts);
+                Applied::Committed { ts: *ts }
+            } else {
+                Applied::Aborted
+            }
+        }
+        Command::Forget { txn, .. } => {
+            if records.decisions.remove(txn).is_none() {
+                return Applied::Noop;
+            }
+            batch.delete(Cf::Meta, keys::decision(group, *txn));
+            Applied::Noop
+        }
     }
+}
+
+fn write_mutations(batch: &mut WriteBatch, mutations: &[Mutation], ts: u64) {
+    for m in mutations {
+        mvcc::put_version(batch, &m.key, Timestamp(ts), m.value.as_deref());
+    }
+}
+
+/// True if every mutation's key lies in `range`.
+pub fn all_in_range(range: &KeyRange, mutations: &[Mutation]) -> bool {
+    mutations.iter().all(|m| range.contains(&m.key))
 }

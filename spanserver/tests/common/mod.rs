@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_spanserver::failpoints::Failpoints;
 use meridian_spanserver::gateway::{Gateway, GatewayStore};
 use meridian_spanserver::server::{self, ServerOptions};
 use meridian_sql::store::{table_prefix, Store, StoreError};
@@ -24,6 +25,9 @@ pub struct Node {
 pub struct NodeConfig {
     pub tt: Arc<dyn TrueTime>,
     pub commit_wait: bool,
+    /// Crash points armed on this server (shared across its restarts: a fired point stays
+    /// disarmed).
+    pub failpoints: Arc<Failpoints>,
 }
 
 impl Default for NodeConfig {
@@ -31,6 +35,7 @@ impl Default for NodeConfig {
         NodeConfig {
             tt: Arc::new(SystemTrueTime::new(Duration::from_millis(1))),
             commit_wait: true,
+            failpoints: Arc::default(),
         }
     }
 }
@@ -70,6 +75,7 @@ async fn start_node(
         pd: vec![pd.to_string()],
         metrics_listen: None,
         commit_wait: config.commit_wait,
+        failpoints: config.failpoints.clone(),
     };
     let (stop, rx) = watch::channel(false);
     let (btx, brx) = oneshot::channel();
@@ -84,7 +90,7 @@ async fn start_node(
 impl Cluster {
     /// Three servers with default clocks.
     pub async fn start() -> Cluster {
-        Self::start_with(vec![NodeConfig::default(); 3]).await
+        Self::start_with((0..3).map(|_| NodeConfig::default()).collect()).await
     }
 
     /// One server per config, ids 1.., zones zone-1...
@@ -156,6 +162,23 @@ impl Cluster {
         .expect("cluster bootstraps")
     }
 
+    /// The crash points of server `i`.
+    pub fn failpoints(&self, i: usize) -> Arc<Failpoints> {
+        self.configs[i].failpoints.clone()
+    }
+
+    /// Where server `i` keeps its RocksDB (readable once the server is stopped).
+    pub fn engine_path(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("s{}", i + 1)).join("db")
+    }
+
+    /// Stops every server and the placement driver, keeping the data directories.
+    pub async fn stop_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         for i in 0..self.nodes.len() {
             self.stop(i).await;
@@ -166,14 +189,14 @@ impl Cluster {
 
 /// Reads `key` then writes `value` there in one transaction; returns the commit timestamp.
 pub async fn put(store: &GatewayStore, key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
-    let mut txn = store.begin().await?;
+    let mut txn = store.begin(None).await?;
     txn.get(key).await?;
     txn.put(key.to_vec(), value.to_vec());
     Ok(txn.commit().await?.expect("a write has a commit timestamp"))
 }
 
 pub async fn get(store: &GatewayStore, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut txn = store.begin().await?;
+    let mut txn = store.begin(None).await?;
     let v = txn.get(key).await?;
     txn.rollback().await;
     Ok(v)

@@ -58,6 +58,7 @@ impl BenchCluster {
                 pd: vec![pd.to_string()],
                 metrics_listen: Some(loopback()),
                 commit_wait,
+                failpoints: Default::default(),
             };
             let (tx, rx_bound) = oneshot::channel();
             let (tt, rx) = (tt.clone(), stop_rx.clone());

@@ -1,0 +1,155 @@
+//! Two-phase commit housekeeping that needs RPCs to other groups, run by one task per server.
+//!
+//! - **Push** (coordinator side): after a commit decision and its commit wait, tell every
+//!   participant the outcome ([`pb::ResolveOp`]), then drop the decision at the coordinator
+//!   ([`pb::ForgetOp`]). A push that fails is retried by the coordinator's leader, which
+//!   re-issues pushes for decisions still on record.
+//! - **Inquire** (participant side): a transaction prepared for a while asks its coordinator
+//!   for the outcome ([`pb::StatusOp`]); a coordinator with no decision logs an abort, so a
+//!   transaction whose gateway vanished before deciding is aborted, and the participant logs
+//!   what it learned.
+//!
+//! Every step is idempotent at the tablets, so a duplicate push or inquiry is harmless.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use meridian_proto as pb;
+use parking_lot::Mutex;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::gateway::Gateway;
+use crate::raft::driver::ResolverWork;
+use crate::raft::GroupId;
+
+/// Runs until the sender side is dropped.
+pub async fn run(gateway: Arc<Gateway>, mut work: UnboundedReceiver<ResolverWork>) {
+    let busy: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    while let Some(w) = work.recv().await {
+        let txn = match &w {
+            ResolverWork::Push { txn, .. } | ResolverWork::Inquire { txn, .. } => *txn,
+        };
+        if !busy.lock().insert(txn) {
+            continue;
+        }
+        let gateway = gateway.clone();
+        let busy = busy.clone();
+        tokio::spawn(async move {
+            let result = match w {
+                ResolverWork::Push {
+                    coordinator,
+                    txn,
+                    commit,
+                    ts,
+                    participants,
+                } => push(&gateway, coordinator, txn, commit, ts, &participants).await,
+                ResolverWork::Inquire {
+                    group,
+                    coordinator,
+                    txn,
+                } => inquire(&gateway, group, coordinator, txn).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(txn, error = %e, "two-phase commit housekeeping will be retried");
+            }
+            busy.lock().remove(&txn);
+        });
+    }
+}
+
+fn request(group: GroupId, txn: u64, op: pb::txn_request::Op) -> pb::TxnRequest {
+    pb::TxnRequest {
+        group_id: group.0,
+        txn: Some(pb::TxnMeta {
+            id: txn,
+            priority: 0,
+        }),
+        lock_epoch: 0,
+        op: Some(op),
+    }
+}
+
+async fn step(
+    gateway: &Gateway,
+    group: GroupId,
+    txn: u64,
+    op: pb::txn_request::Op,
+) -> Result<pb::TxnResponse, String> {
+    let route = gateway
+        .route_group(group)
+        .await
+        .map_err(|e| e.to_string())?;
+    gateway
+        .txn_step(&route, request(group, txn, op))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn push(
+    gateway: &Gateway,
+    coordinator: GroupId,
+    txn: u64,
+    commit: bool,
+    ts: u64,
+    participants: &[u64],
+) -> Result<(), String> {
+    let calls = participants.iter().map(|p| {
+        step(
+            gateway,
+            GroupId(*p),
+            txn,
+            pb::txn_request::Op::Resolve(pb::ResolveOp {
+                commit,
+                commit_ts: ts,
+            }),
+        )
+    });
+    for result in futures::future::join_all(calls).await {
+        result?;
+    }
+    step(
+        gateway,
+        coordinator,
+        txn,
+        pb::txn_request::Op::Forget(pb::ForgetOp {}),
+    )
+    .await?;
+    tracing::debug!(txn, commit, "two-phase commit outcome delivered");
+    Ok(())
+}
+
+async fn inquire(
+    gateway: &Gateway,
+    group: GroupId,
+    coordinator: GroupId,
+    txn: u64,
+) -> Result<(), String> {
+    let status = step(
+        gateway,
+        coordinator,
+        txn,
+        pb::txn_request::Op::Status(pb::StatusOp {}),
+    )
+    .await?;
+    let commit = match pb::TxnOutcome::try_from(status.outcome) {
+        Ok(pb::TxnOutcome::Committed) => true,
+        Ok(pb::TxnOutcome::Aborted) => false,
+        _ => return Err("coordinator has no outcome yet".into()),
+    };
+    step(
+        gateway,
+        group,
+        txn,
+        pb::txn_request::Op::Resolve(pb::ResolveOp {
+            commit,
+            commit_ts: status.ts,
+        }),
+    )
+    .await?;
+    tracing::info!(
+        txn,
+        commit,
+        "resolved a prepared transaction by asking its coordinator"
+    );
+    Ok(())
+}
