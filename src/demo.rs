@@ -61,6 +61,7 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
             metrics_listen: Some(loopback(0)),
             commit_wait: true,
             failpoints: Default::default(),
+            lease: meridian_spanserver::server::DEFAULT_LEASE,
         };
         let (bound_tx, bound_rx) = oneshot::channel::<BoundAddrs>();
         let stop = stop_rx.clone();

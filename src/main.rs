@@ -284,6 +284,7 @@ fn main() -> ExitCode {
                         )
                         .map_err(|e| format!("MERIDIAN_FAILPOINTS: {e}"))?,
                     ),
+                    lease: meridian_spanserver::server::DEFAULT_LEASE,
                 };
                 meridian_spanserver::server::run(opts, tt, shutdown, None)
                     .await

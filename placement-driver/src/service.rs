@@ -206,8 +206,182 @@ impl Pd {
     }
 }
 
+/// How long a split keeps trying to reach the tablet's leader.
+const SPLIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The tablet holding `key`.
+fn tablet_containing<'a>(state: &'a DurableState, key: &[u8]) -> Option<&'a Tablet> {
+    state
+        .tablets
+        .values()
+        .find(|t| t.start.as_slice() <= key && (t.end.is_empty() || key < t.end.as_slice()))
+}
+
+impl Pd {
+    /// Splits the tablet holding `key` so that `key` starts a tablet, through the tablet's
+    /// leader (the split is replicated in its Raft group), then records both halves.
+    async fn split_one(&self, key: &[u8]) -> Result<(), Status> {
+        let (tablet, new_group, addrs, hint) = {
+            let mut inner = self.inner.lock();
+            let Some(tablet) = tablet_containing(&inner.durable, key).cloned() else {
+                return Err(Status::not_found("no tablet holds the split key"));
+            };
+            if tablet.start == key {
+                return Ok(());
+            }
+            // The id is persisted as used before anyone hears of it, so it is never reused.
+            let mut next = inner.durable.clone();
+            let new_group = next.next_group_id;
+            next.next_group_id += 1;
+            self.save(&next)?;
+            inner.durable = next;
+            let addrs: HashMap<u64, String> = tablet
+                .replicas
+                .iter()
+                .filter_map(|r| inner.durable.servers.get(r).map(|s| (*r, s.addr.clone())))
+                .collect();
+            let hint = inner.leaders.get(&tablet.group).map(|(_, s)| *s);
+            (tablet, new_group, addrs, hint)
+        };
+        let deadline = Instant::now() + SPLIT_TIMEOUT;
+        let mut target = hint.or_else(|| tablet.replicas.first().copied());
+        let mut attempt = 0usize;
+        let right = loop {
+            if Instant::now() > deadline {
+                return Err(Status::unavailable(format!(
+                    "tablet {} did not split in time",
+                    tablet.group
+                )));
+            }
+            let server = target.unwrap_or(tablet.replicas[attempt % tablet.replicas.len()]);
+            attempt += 1;
+            target = None;
+            let Some(addr) = addrs.get(&server) else {
+                continue;
+            };
+            let call = async {
+                let mut client = TabletClient::connect(format!("http://{addr}")).await.ok()?;
+                client
+                    .split(pb::SplitRequest {
+                        group_id: tablet.group,
+                        split_key: key.to_vec(),
+                        new_group_id: new_group,
+                    })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            };
+            let resp = tokio::time::timeout(Duration::from_secs(12), call)
+                .await
+                .ok()
+                .flatten();
+            match resp {
+                Some(pb::SplitResponse {
+                    error: None,
+                    right: Some(right),
+                }) => break right,
+                Some(pb::SplitResponse { error: Some(e), .. }) => match e.kind {
+                    Some(pb::tablet_error::Kind::NotLeader(nl)) if nl.leader_server != 0 => {
+                        target = Some(nl.leader_server);
+                    }
+                    Some(pb::tablet_error::Kind::Internal(m)) => {
+                        return Err(Status::internal(format!("split refused: {m}")))
+                    }
+                    other => {
+                        tracing::debug!(group = tablet.group, error = ?other, "split not done yet");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let mut inner = self.inner.lock();
+        Self::record_split(&mut inner, tablet.group, &right);
+        let next = inner.durable.clone();
+        self.save(&next)?;
+        tracing::info!(
+            parent = tablet.group,
+            child = right.group_id,
+            "split recorded"
+        );
+        Ok(())
+    }
+
+    /// Records that `parent` now ends where `right` starts and `right` is a tablet.
+    fn record_split(inner: &mut Inner, parent: u64, right: &pb::ReplicaDescriptor) {
+        if let Some(p) = inner.durable.tablets.get_mut(&parent) {
+            if p.end == right.end && p.start < right.start {
+                p.end = right.start.clone();
+            }
+        }
+        inner.durable.tablets.insert(
+            right.group_id,
+            Tablet {
+                group: right.group_id,
+                start: right.start.clone(),
+                end: right.end.clone(),
+                replicas: right.replicas.clone(),
+            },
+        );
+        inner.durable.next_group_id = inner.durable.next_group_id.max(right.group_id + 1);
+    }
+
+    /// A heartbeat reported a replica of a group the directory does not have: the right half
+    /// of a split whose recording was lost (the PD stopped in between). Adopt it.
+    fn adopt_unrecorded_splits(&self, inner: &mut Inner, reported: &[pb::ReplicaStatus]) {
+        let mut changed = false;
+        for r in reported {
+            if inner.durable.tablets.contains_key(&r.group_id) {
+                continue;
+            }
+            let parent = inner.durable.tablets.values().find(|t| {
+                t.start < r.start && t.end == r.end && (t.end.is_empty() || r.start < t.end)
+            });
+            if let Some(parent) = parent.cloned() {
+                let right = pb::ReplicaDescriptor {
+                    group_id: r.group_id,
+                    start: r.start.clone(),
+                    end: r.end.clone(),
+                    replicas: parent.replicas.clone(),
+                };
+                Self::record_split(inner, parent.group, &right);
+                tracing::info!(
+                    parent = parent.group,
+                    child = r.group_id,
+                    "adopted an unrecorded split"
+                );
+                changed = true;
+            }
+        }
+        if changed {
+            let next = inner.durable.clone();
+            if let Err(e) = self.save(&next) {
+                tracing::error!(error = %e, "persisting an adopted split");
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::placement_driver_server::PlacementDriver for Pd {
+    async fn split_range(
+        &self,
+        request: Request<pb::SplitRangeRequest>,
+    ) -> Result<Response<pb::SplitRangeResponse>, Status> {
+        let mut keys = request.into_inner().keys;
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            if key.len() < 4 || key.as_slice() < table_prefix(FIRST_USER_TABLE_ID).as_slice() {
+                return Err(Status::invalid_argument(
+                    "split keys must lie in a user table's range",
+                ));
+            }
+            self.split_one(&key).await?;
+        }
+        Ok(Response::new(pb::SplitRangeResponse {}))
+    }
+
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
@@ -259,6 +433,7 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
             )));
         }
         inner.last_seen.insert(req.server_id, Instant::now());
+        self.adopt_unrecorded_splits(&mut inner, &req.replicas);
         for r in &req.replicas {
             if r.is_leader {
                 let known = inner.leaders.get(&r.group_id).map_or(0, |(term, _)| *term);

@@ -10,7 +10,9 @@
 //! - `participant-after-prepare`: a two-phase commit participant leader has applied its prepare
 //!   record and not yet answered;
 //! - `coordinator-after-decide`: a coordinator leader has applied its commit decision and not
-//!   yet answered or told any participant.
+//!   yet answered or told any participant;
+//! - `crash-now`: the driver's next loop iteration (a crash at no particular step, without the
+//!   lease hand-over of a graceful shutdown).
 
 use std::collections::HashSet;
 
@@ -18,7 +20,12 @@ use parking_lot::Mutex;
 
 pub const PARTICIPANT_AFTER_PREPARE: &str = "participant-after-prepare";
 pub const COORDINATOR_AFTER_DECIDE: &str = "coordinator-after-decide";
-const KNOWN: [&str; 2] = [PARTICIPANT_AFTER_PREPARE, COORDINATOR_AFTER_DECIDE];
+pub const CRASH_NOW: &str = "crash-now";
+const KNOWN: [&str; 3] = [
+    PARTICIPANT_AFTER_PREPARE,
+    COORDINATOR_AFTER_DECIDE,
+    CRASH_NOW,
+];
 
 /// The crash points armed on one server.
 #[derive(Debug, Default)]

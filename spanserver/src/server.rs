@@ -58,7 +58,13 @@ pub struct ServerOptions {
     pub commit_wait: bool,
     /// Crash points armed for tests (see [`crate::failpoints`]).
     pub failpoints: Arc<crate::failpoints::Failpoints>,
+    /// How long a leader lease lasts ([`DEFAULT_LEASE`] unless a test shortens it).
+    pub lease: Duration,
 }
+
+/// The default leader lease: a leader serves reads without a Raft round for this long after
+/// its lease was last extended, and a new leader waits out the rest of it after a crash.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -156,9 +162,10 @@ pub async fn run(
         logger: crate::logging::raft_logger(),
         resolver: Some(resolver_tx.clone()),
         failpoints: opts.failpoints.clone(),
+        lease: opts.lease,
     })?;
 
-    let gateway = Gateway::new(opts.pd.clone());
+    let gateway = Gateway::new(opts.pd.clone(), tt.clone(), Some(opts.zone.clone()));
     let resolver = tokio::spawn(crate::resolver::run(gateway.clone(), resolver_rx));
     let engine_slot = EngineSlot::new(engine.clone());
     if !opts.commit_wait {
@@ -241,6 +248,16 @@ pub async fn run(
         stop_within_grace(task).await;
     }
     stop_within_grace(pg).await;
+    // Hand over leadership cleanly: give up every lease (logged through Raft, which still
+    // needs the gRPC server for acknowledgements), so the next leaders need not wait out the
+    // rest of ours.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if driver.send(Event::ReleaseLeases { reply: tx }) {
+        if let Ok(waits) = rx.await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(waits))
+                .await;
+        }
+    }
     stop_within_grace(grpc).await;
     driver.send(Event::Shutdown);
     let _ = tokio::task::spawn_blocking(move || driver_thread.join()).await;
@@ -338,6 +355,8 @@ async fn heartbeat_loop(
                 is_leader: r.is_leader.load(Ordering::Acquire),
                 term: r.term.load(Ordering::Acquire),
                 applied_index: r.applied_index.load(Ordering::Acquire),
+                start: r.desc.range.start.clone(),
+                end: r.desc.range.end.clone(),
             })
             .collect();
         let resp = match client

@@ -30,6 +30,9 @@ use crate::tablet::{self, KeyRange, ReplicaDescriptor, TxnMeta};
 
 /// How long a commit may wait for its Raft round before its outcome is reported as unknown.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How far back snapshot reads may go. Versions older than this are eligible for garbage
+/// collection, so reads below it are refused rather than answered from a partial history.
+pub const GC_HORIZON: Duration = Duration::from_secs(3600);
 /// How long a transaction step may wait for locks before it gives up (wound-wait already
 /// bounds waits; this catches a holder that stopped making progress).
 pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,6 +94,82 @@ pub struct TabletService {
 }
 
 impl TabletService {
+    /// The replica of `group` hosted here, leader or not.
+    fn any_replica(&self, group: GroupId) -> Result<Arc<ReplicaShared>, pb::TabletError> {
+        self.registry
+            .read()
+            .get(&group)
+            .cloned()
+            .ok_or_else(|| pb::TabletError {
+                kind: Some(Kind::Unavailable(format!("no replica of {group} here"))),
+            })
+    }
+
+    /// The timestamp a lock-free read is served at, once this replica's safe time covers it
+    /// (see `ScanRequest` in `meridian.proto`).
+    async fn snapshot_ts(
+        &self,
+        group: GroupId,
+        replica: &ReplicaShared,
+        req: &pb::ScanRequest,
+    ) -> Result<Timestamp, pb::TabletError> {
+        let leader = serving_now(replica, self.tt.as_ref());
+        let now = self.tt.now();
+        let unavailable = |m: String| pb::TabletError {
+            kind: Some(Kind::Unavailable(m)),
+        };
+        if req.read_ts > 0 {
+            let horizon = now.earliest.0.saturating_sub(GC_HORIZON.as_nanos() as u64);
+            if req.read_ts < horizon {
+                return Err(pb::TabletError {
+                    kind: Some(Kind::InvalidTimestamp(format!(
+                        "read timestamp {} is older than the garbage collection horizon ({}s \
+                         ago): versions that old may be gone",
+                        req.read_ts,
+                        GC_HORIZON.as_secs()
+                    ))),
+                });
+            }
+            let budget = if leader {
+                LOCK_WAIT_TIMEOUT
+            } else {
+                Duration::from_millis(u64::from(req.max_wait_ms))
+            };
+            return wait_safe(replica, req.read_ts, leader, budget)
+                .await
+                .map(|()| Timestamp(req.read_ts))
+                .map_err(unavailable);
+        }
+        if req.max_staleness_ns > 0 {
+            // Bounded staleness: the freshest timestamp this replica can serve right now.
+            let safe = safe_ts(replica);
+            let oldest = now.earliest.0.saturating_sub(req.max_staleness_ns);
+            return if safe >= oldest {
+                Ok(Timestamp(safe))
+            } else {
+                Err(unavailable(format!(
+                    "this replica's safe time is {} ms behind",
+                    now.earliest.0.saturating_sub(safe) / 1_000_000
+                )))
+            };
+        }
+        if !leader {
+            return Err(pb::TabletError {
+                kind: Some(Kind::NotLeader(pb::NotLeader {
+                    group_id: group.0,
+                    leader_server: replica.leader.load(Ordering::Acquire),
+                })),
+            });
+        }
+        // A strong read of this one group at the leader's last commit timestamp: every commit
+        // acknowledged so far is applied, so it is at or below it.
+        let read_ts = replica.max_applied_ts.load(Ordering::Acquire);
+        wait_safe(replica, read_ts, true, LOCK_WAIT_TIMEOUT)
+            .await
+            .map(|()| Timestamp(read_ts))
+            .map_err(unavailable)
+    }
+
     /// The replica of `group` if it may serve leader requests now, else the error to return.
     fn leader_replica(&self, group: GroupId) -> Result<Arc<ReplicaShared>, pb::TabletError> {
         let replica = self.registry.read().get(&group).cloned();
@@ -99,7 +178,7 @@ impl TabletService {
                 kind: Some(Kind::Unavailable(format!("no replica of {group} here"))),
             });
         };
-        if replica.serving.load(Ordering::Acquire) {
+        if serving_now(&replica, self.tt.as_ref()) {
             return Ok(replica);
         }
         if replica.is_leader.load(Ordering::Acquire) {
@@ -115,6 +194,60 @@ impl TabletService {
                 leader_server: replica.leader.load(Ordering::Acquire),
             })),
         })
+    }
+}
+
+/// The replica serves as leader and its lease is surely still valid.
+fn serving_now(replica: &ReplicaShared, tt: &dyn TrueTime) -> bool {
+    replica.serving.load(Ordering::Acquire)
+        && tt.now().latest.0 < replica.lease_expiration.load(Ordering::Acquire)
+}
+
+/// The newest timestamp `replica` can serve a snapshot read at without waiting: everything is
+/// applied up to its largest applied timestamp, except transactions prepared and in doubt.
+fn safe_ts(replica: &ReplicaShared) -> u64 {
+    let applied = replica.max_applied_ts.load(Ordering::Acquire);
+    let prepared = replica.min_prepared_ts.load(Ordering::Acquire);
+    applied.min(prepared.saturating_sub(1))
+}
+
+/// Waits until `replica` can serve a snapshot read at `ts`, for at most `budget`.
+///
+/// At a leader, `ts` first becomes a floor under every timestamp assigned from now on; then
+/// only entries already assigned a timestamp at or below `ts` must apply. A follower waits for
+/// the leader's entries (commits or closed timestamps) to carry its applied timestamp to `ts`.
+/// Either way, transactions prepared below `ts` must be resolved first.
+async fn wait_safe(
+    replica: &ReplicaShared,
+    ts: u64,
+    leader: bool,
+    budget: Duration,
+) -> Result<(), String> {
+    let target = if leader {
+        let mut state = replica.ts.lock();
+        state.read_floor = state.read_floor.max(ts);
+        state.last_assigned.min(ts)
+    } else {
+        ts
+    };
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        let applied = replica.max_applied_ts.load(Ordering::Acquire);
+        let prepared = replica.min_prepared_ts.load(Ordering::Acquire);
+        if applied >= target && prepared >= ts {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(if prepared < ts {
+                "a transaction prepared below the read timestamp is still in doubt".into()
+            } else {
+                format!(
+                    "this replica's safe time is {} ms behind the read timestamp",
+                    ts.saturating_sub(applied) / 1_000_000
+                )
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -185,7 +318,8 @@ impl TabletService {
             reply: tx,
         };
         if !self.driver.send(Event::Txn(call)) {
-            return Err(CommitError::Unavailable("server shutting down".into()));
+            // The driver is gone (shutting down, or crashed): this server leads nothing.
+            return Err(CommitError::NotLeader(None));
         }
         let stopped = || CommitError::Ambiguous("server stopped during the step".into());
         match tokio::time::timeout(LOCK_WAIT_TIMEOUT, &mut rx).await {
@@ -216,7 +350,11 @@ impl pb::tablet_server::Tablet for TabletService {
                 ..Default::default()
             }))
         };
-        let replica = match self.leader_replica(group) {
+        let replica = match &req.txn {
+            Some(_) => self.leader_replica(group),
+            None => self.any_replica(group),
+        };
+        let replica = match replica {
             Ok(r) => r,
             Err(e) => return fail(e),
         };
@@ -245,23 +383,10 @@ impl pb::tablet_server::Tablet for TabletService {
                     Err(e) => return fail(commit_error(e, group).unwrap_or_default()),
                 }
             }
-            None => {
-                // A lock-free read at the newest timestamp this leader can serve: everything
-                // applied, once no transaction prepared at or below it is still in doubt.
-                let read_ts = Timestamp(replica.max_applied_ts.load(Ordering::Acquire));
-                let deadline = tokio::time::Instant::now() + LOCK_WAIT_TIMEOUT;
-                while replica.min_prepared_ts.load(Ordering::Acquire) < read_ts.0 {
-                    if tokio::time::Instant::now() > deadline {
-                        return fail(pb::TabletError {
-                            kind: Some(Kind::Unavailable(
-                                "a prepared transaction is still in doubt".into(),
-                            )),
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                (read_ts, 0)
-            }
+            None => match self.snapshot_ts(group, &replica, &req).await {
+                Ok(ts) => (ts, 0),
+                Err(e) => return fail(e),
+            },
         };
         let limit = match req.limit as usize {
             0 => MAX_SCAN_ROWS,
@@ -284,12 +409,6 @@ impl pb::tablet_server::Tablet for TabletService {
             }
             Err(e) => return Err(Status::internal(e.to_string())),
         };
-        // A lock-free read may see a commit applied before its commit wait ended; waiting
-        // until its timestamp has surely passed keeps the reader behind the writer's
-        // acknowledgement in TrueTime order.
-        if self.commit_wait && req.txn.is_none() {
-            meridian_truetime::wait_until_after(self.tt.as_ref(), read_ts).await;
-        }
         let rows = scan
             .rows
             .into_iter()
@@ -383,6 +502,24 @@ impl pb::tablet_server::Tablet for TabletService {
         }))
     }
 
+    async fn split(
+        &self,
+        request: Request<pb::SplitRequest>,
+    ) -> Result<Response<pb::SplitResponse>, Status> {
+        Ok(Response::new(
+            match self.split_group(request.into_inner()).await {
+                Ok(right) => pb::SplitResponse {
+                    error: None,
+                    right: Some(right),
+                },
+                Err(e) => pb::SplitResponse {
+                    error: Some(e),
+                    right: None,
+                },
+            },
+        ))
+    }
+
     async fn create_replica(
         &self,
         request: Request<pb::ReplicaDescriptor>,
@@ -410,6 +547,62 @@ impl pb::tablet_server::Tablet for TabletService {
             Ok(Ok(())) => Ok(Response::new(pb::CreateReplicaResponse {})),
             Ok(Err(e)) => Err(Status::internal(e)),
             Err(_) => Err(Status::unavailable("server shutting down")),
+        }
+    }
+}
+
+impl TabletService {
+    async fn split_group(
+        &self,
+        req: pb::SplitRequest,
+    ) -> Result<pb::ReplicaDescriptor, pb::TabletError> {
+        let group = GroupId(req.group_id);
+        if req.new_group_id == 0 || req.new_group_id == req.group_id || req.split_key.is_empty() {
+            return Err(pb::TabletError {
+                kind: Some(Kind::Internal(
+                    "a split needs a new group id and a key".into(),
+                )),
+            });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.driver.send(Event::Split {
+            group,
+            at: req.split_key.clone(),
+            new_group: req.new_group_id,
+            reply: tx,
+        }) {
+            return Err(pb::TabletError {
+                kind: Some(Kind::Unavailable("server shutting down".into())),
+            });
+        }
+        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => return Err(commit_error(e, group).unwrap_or_default()),
+            Ok(Err(_)) | Err(_) => {
+                return Err(pb::TabletError {
+                    kind: Some(Kind::Ambiguous("the split's outcome is unknown".into())),
+                })
+            }
+        }
+        // Applied: the new group is open here (or the range already ended at the key).
+        let right = self
+            .registry
+            .read()
+            .values()
+            .find(|r| r.desc.range.start == req.split_key)
+            .map(|r| r.desc.clone());
+        match right {
+            Some(d) => Ok(pb::ReplicaDescriptor {
+                group_id: d.group,
+                start: d.range.start,
+                end: d.range.end,
+                replicas: d.peers,
+            }),
+            None => Err(pb::TabletError {
+                kind: Some(Kind::Unavailable(
+                    "the split's right half is not open yet".into(),
+                )),
+            }),
         }
     }
 }

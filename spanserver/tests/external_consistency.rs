@@ -31,6 +31,7 @@ async fn run_history(commit_wait: bool) -> (u32, u32) {
                 tt: clock,
                 commit_wait,
                 failpoints: Default::default(),
+                lease: meridian_spanserver::server::DEFAULT_LEASE,
             }
         })
         .collect();

@@ -107,6 +107,7 @@ async fn commits_pause_while_the_clock_is_uncertain() {
             tt: c.clone(),
             commit_wait: true,
             failpoints: Default::default(),
+            lease: meridian_spanserver::server::DEFAULT_LEASE,
         })
         .collect();
     let cluster = Cluster::start_with(configs).await;

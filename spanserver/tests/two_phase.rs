@@ -195,7 +195,7 @@ async fn crossing_transactions_do_not_deadlock_and_the_older_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn participant_leader_killed_after_prepare_aborts_cleanly() {
     common::init_tracing();
-    let mut cluster = Cluster::start().await;
+    let mut cluster = Cluster::start_with_lease(Duration::from_secs(3)).await;
     let store = cluster.store();
     let (a, b) = two_tables_with_distinct_leaders(&cluster, &store).await;
     // The coordinator is the first written group: table a's (tables get increasing ids, so a's
@@ -238,7 +238,7 @@ async fn participant_leader_killed_after_prepare_aborts_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coordinator_killed_after_deciding_commit_still_commits_everywhere() {
     common::init_tracing();
-    let mut cluster = Cluster::start().await;
+    let mut cluster = Cluster::start_with_lease(Duration::from_secs(3)).await;
     let store = cluster.store();
     let (a, b) = two_tables_with_distinct_leaders(&cluster, &store).await;
     assert!(table_prefix(a) < table_prefix(b));

@@ -7,11 +7,15 @@
 //!   time; try later. 58000 (`system_error`, "an error external to the server") was chosen over
 //!   08006 because 08xxx tells drivers the *connection* is broken, which it is not.
 //! - **fix the request**: syntax, undefined objects, type errors, constraint violations, ...
-//! - **transaction state**: [`SqlError::InFailedTransaction`] (25P02) until ROLLBACK.
+//! - **transaction state**: [`SqlError::InFailedTransaction`] (25P02) until ROLLBACK;
+//!   [`SqlError::ReadOnlyTransaction`] (25006) for a write in a read-only transaction;
+//!   [`SqlError::ActiveTransaction`] (25001) for a statement that must run outside a
+//!   transaction block, or before the first query of one.
 //! - **report a bug**: [`SqlError::Internal`] (XX000).
 //!
 //! Storage errors map as: `StoreError::Retryable` → 40001, `Unavailable` → 58000,
-//! `NotSupported` → 0A000, `Internal` → XX000.
+//! `NotSupported` → 0A000, `InvalidTimestamp` → 22023 (a read timestamp the store cannot serve,
+//! such as one in the future; its message is passed through), `Internal` → XX000.
 
 use crate::store::StoreError;
 
@@ -122,6 +126,14 @@ pub enum SqlError {
     /// A statement other than ROLLBACK/COMMIT in a failed explicit transaction (25P02).
     #[error("current transaction is aborted, commands ignored until end of transaction block")]
     InFailedTransaction,
+    /// A write (INSERT, UPDATE, DELETE, SELECT FOR UPDATE, DDL) in a read-only transaction
+    /// (25006); the text names the statement.
+    #[error("cannot execute {0} in a read-only transaction")]
+    ReadOnlyTransaction(String),
+    /// A statement that needs to run outside a transaction block, or before the first query of
+    /// one, ran inside or after it (25001).
+    #[error("{0}")]
+    ActiveTransaction(String),
     /// The session is not in the state the statement needs (55000).
     #[error("{0}")]
     ObjectNotInPrerequisiteState(String),
@@ -162,6 +174,8 @@ impl SqlError {
             SqlError::NotSupported(_) => "0A000",
             SqlError::ProtocolViolation(_) => "08P01",
             SqlError::InFailedTransaction => "25P02",
+            SqlError::ReadOnlyTransaction(_) => "25006",
+            SqlError::ActiveTransaction(_) => "25001",
             SqlError::ObjectNotInPrerequisiteState(_) => "55000",
             SqlError::Internal(_) => "XX000",
         }
@@ -184,6 +198,7 @@ impl From<StoreError> for SqlError {
             StoreError::Retryable(m) => SqlError::Retryable(m),
             StoreError::Unavailable(m) => SqlError::Unavailable(m),
             StoreError::NotSupported(m) => SqlError::NotSupported(m),
+            StoreError::InvalidTimestamp(m) => SqlError::InvalidParameterValue(m),
             StoreError::Internal(m) => SqlError::Internal(m),
         }
     }

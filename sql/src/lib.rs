@@ -5,10 +5,14 @@
 //!
 //! 1. A client sends SQL over the PostgreSQL wire protocol; [`server::serve`] runs one task per
 //!    connection, each owning a [`session::Session`].
-//! 2. [`session::parse`] parses it with `sqlparser`'s PostgreSQL dialect.
+//! 2. [`parser::parse`] parses it with `sqlparser`'s PostgreSQL dialect, after a token-level
+//!    pre-pass that handles the CockroachDB syntax sqlparser lacks (`AS OF SYSTEM TIME`,
+//!    `ALTER TABLE … SPLIT AT`).
 //! 3. [`session::Session::execute_statement`] handles transaction control, SET/SHOW and DDL
 //!    itself; for a query or DML statement it reads the descriptors of the tables it names in a
-//!    short catalog transaction of its own ([`catalog::read_tables`]).
+//!    short catalog transaction of its own ([`catalog::read_tables`]), and picks the storage
+//!    transaction: the explicit one, or for autocommit a read-only snapshot
+//!    ([`store::Store::begin_read_only`]) for queries and a read-write one for DML.
 //! 4. [`binder::bind_statement`] resolves names and types and builds a logical [`plan::Plan`]
 //!    (scan → filter → aggregate → project → sort → limit, or insert/update/delete over a scan).
 //! 5. [`optimizer::optimize`] pushes the WHERE clause into the scan and derives primary-key
@@ -26,8 +30,8 @@
 //! ## What is deliberately missing
 //!
 //! Joins, subqueries, secondary indexes, NUMERIC/DATE/TIMESTAMP types, DEFAULT, UNIQUE/CHECK
-//! constraints, ALTER TABLE and DDL inside explicit transactions: each is rejected with SQLSTATE
-//! 0A000 naming the feature.
+//! constraints, ALTER TABLE other than SPLIT AT, and DDL inside explicit transactions: each is
+//! rejected with SQLSTATE 0A000 naming the feature.
 
 pub mod binder;
 pub mod catalog;
@@ -37,10 +41,12 @@ pub mod executor;
 pub mod expr;
 pub mod memstore;
 pub mod optimizer;
+pub mod parser;
 pub mod plan;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod timestamp;
 pub mod types;
 
 pub use error::SqlError;

@@ -1,21 +1,38 @@
-//! An in-memory [`Store`] with optimistic, validated transactions: the storage the SQL tests run
-//! on, and usable by other crates' tests.
+//! An in-memory [`Store`] with optimistic, validated transactions and multi-version snapshots:
+//! the storage the SQL tests run on, and usable by other crates' tests.
 //!
-//! Model: one `BTreeMap` from key to its latest version `(value or tombstone, version)`, where
-//! the version is a global counter bumped by every commit. Reads see the latest committed data
-//! plus the transaction's own buffered writes, and record what they saw: the version of every
-//! key read and every range scanned. `commit` validates under the store's lock that no key read
-//! has a different version now and that no key in a scanned range (deleted ones included, as
-//! tombstones) was committed after the scan; if anything changed it fails with
-//! [`StoreError::Retryable`], otherwise it applies the writes atomically. Committed
-//! transactions are therefore serializable in commit order. Tombstones are never collected,
-//! which is fine for tests.
+//! Model: one `BTreeMap` from key to every committed version of it, oldest first, each a value
+//! or tombstone tagged with its commit timestamp. Timestamps come from one clock: the wall
+//! clock in ns since the Unix epoch, made strictly increasing per store, which hands them to
+//! commits and to strong snapshots alike.
 //!
-//! Like the spanserver's gateway (until 2PC exists), a transaction whose reads and writes touch
-//! more than one tablet fails at commit with [`StoreError::NotSupported`]: each user table is
-//! its own tablet and all system tables (ids below [`FIRST_USER_TABLE_ID`]) share one. Tests can
-//! turn that off with [`MemStore::allow_multi_tablet`] and can make the next commits fail with
-//! [`MemStore::fail_next_commits`] to exercise retry paths.
+//! - **Read-write transactions** read the latest committed version plus their own buffered
+//!   writes, and record what they saw: the timestamp of every key read and the clock at every
+//!   range scanned. `commit` validates under the store's lock that no key read has a newer
+//!   version now and that no key in a scanned range (deleted ones included, as tombstones) was
+//!   committed after the scan; if anything changed it fails with [`StoreError::Retryable`],
+//!   otherwise it applies the writes atomically at a fresh timestamp. Committed transactions
+//!   are therefore serializable in commit order.
+//! - **Read-only transactions** ([`Store::begin_read_only`]) read one snapshot, the newest
+//!   version of each key at or before their read timestamp, without recording or validating
+//!   anything. The timestamp is fixed at the first read: [`ReadBound::Strong`] takes the clock's
+//!   next tick (every commit so far is visible, none after), [`ReadBound::At`] the given time,
+//!   [`ReadBound::ExactStaleness`] the wall clock minus the staleness, and
+//!   [`ReadBound::MaxStaleness`] behaves as `Strong` (there are no lagging replicas here, so
+//!   the freshest snapshot is always servable). A read at a time later than the clock bumps the
+//!   clock, so no later commit can land at or below a timestamp already read; `At` a time past
+//!   both the clock and the wall clock is refused at begin with
+//!   [`StoreError::InvalidTimestamp`]. Writes through a read-only transaction fail at commit.
+//!
+//! Old versions and tombstones are never collected (there is no GC horizon), which is fine
+//! for tests.
+//!
+//! Like the spanserver's gateway before 2PC, a read-write transaction whose reads and writes
+//! touch more than one tablet fails at commit with [`StoreError::NotSupported`]: each user
+//! table is its own tablet and all system tables (ids below [`FIRST_USER_TABLE_ID`]) share one.
+//! Tests can turn that off with [`MemStore::allow_multi_tablet`] and can make the next
+//! read-write commits fail with [`MemStore::fail_next_commits`] to exercise retry paths.
+//! [`Store::split_at`] only records its keys ([`MemStore::split_keys`]): tablets here are fixed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
@@ -24,25 +41,66 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use crate::store::{table_prefix, Store, StoreError, Transaction, FIRST_USER_TABLE_ID};
+use crate::store::{table_prefix, ReadBound, Store, StoreError, Transaction, FIRST_USER_TABLE_ID};
 
+/// One committed version of a key.
 #[derive(Debug, Clone)]
-struct Versioned {
+struct Version {
+    /// The commit timestamp (ns since the epoch).
+    ts: u64,
+    /// The value, or `None` for a deletion.
     value: Option<Vec<u8>>,
-    version: u64,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    data: BTreeMap<Vec<u8>, Versioned>,
-    /// The version of the latest commit.
-    version: u64,
-    /// The latest commit timestamp handed out (ns since the epoch).
-    last_commit_ts: u64,
+    /// Every committed version of every key, oldest first (never empty).
+    data: BTreeMap<Vec<u8>, Vec<Version>>,
+    /// The latest timestamp handed out to a commit or read (ns since the epoch).
+    clock: u64,
     next_table_id: u32,
     /// Commits still to fail with `Retryable` (test hook).
     fail_commits: usize,
     allow_multi_tablet: bool,
+    /// Keys passed to `split_at`.
+    split_keys: BTreeSet<Vec<u8>>,
+}
+
+/// The wall clock in ns since the Unix epoch.
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Inner {
+    /// A timestamp above every one handed out so far.
+    fn tick(&mut self) -> u64 {
+        self.clock = now_ns().max(self.clock.saturating_add(1));
+        self.clock
+    }
+
+    /// The timestamp of the latest version of `key` (0 if it was never written).
+    fn latest_ts(&self, key: &[u8]) -> u64 {
+        self.data
+            .get(key)
+            .and_then(|versions| versions.last())
+            .map_or(0, |v| v.ts)
+    }
+}
+
+/// The value of the newest of `versions` at or before `ts` (`None` if deleted or absent).
+fn visible_at(versions: &[Version], ts: u64) -> Option<&Vec<u8>> {
+    versions
+        .iter()
+        .rev()
+        .find(|v| v.ts <= ts)
+        .and_then(|v| v.value.as_ref())
+}
+
+/// The latest value of `versions`.
+fn latest(versions: &[Version]) -> Option<&Vec<u8>> {
+    versions.last().and_then(|v| v.value.as_ref())
 }
 
 /// The in-memory store. Cloning gives another handle to the same data.
@@ -73,7 +131,7 @@ impl MemStore {
         self.lock().allow_multi_tablet = allow;
     }
 
-    /// Makes the next `n` commits fail with [`StoreError::Retryable`].
+    /// Makes the next `n` read-write commits fail with [`StoreError::Retryable`].
     pub fn fail_next_commits(&self, n: usize) {
         self.lock().fail_commits = n;
     }
@@ -83,8 +141,13 @@ impl MemStore {
         self.lock()
             .data
             .values()
-            .filter(|v| v.value.is_some())
+            .filter(|versions| latest(versions).is_some())
             .count()
+    }
+
+    /// Every key passed to [`Store::split_at`] so far, in key order, for tests.
+    pub fn split_keys(&self) -> Vec<Vec<u8>> {
+        self.lock().split_keys.iter().cloned().collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -107,6 +170,24 @@ impl Store for MemStore {
         }))
     }
 
+    async fn begin_read_only(&self, bound: ReadBound) -> Result<Box<dyn Transaction>, StoreError> {
+        if let ReadBound::At(ts) = bound {
+            let horizon = now_ns().max(self.lock().clock);
+            if ts > horizon {
+                return Err(StoreError::InvalidTimestamp(format!(
+                    "cannot read at timestamp {ts}: it is in the future (now is {horizon})"
+                )));
+            }
+        }
+        Ok(Box::new(MemSnapshot {
+            store: self.clone(),
+            bound,
+            read_ts: None,
+            wrote: false,
+            done: false,
+        }))
+    }
+
     async fn create_table_range(&self) -> Result<u32, StoreError> {
         let mut inner = self.lock();
         let id = inner.next_table_id;
@@ -115,22 +196,27 @@ impl Store for MemStore {
             .ok_or_else(|| StoreError::Internal("table ids exhausted".into()))?;
         Ok(id)
     }
+
+    async fn split_at(&self, keys: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        self.lock().split_keys.extend(keys);
+        Ok(())
+    }
 }
 
-/// A scan recorded for validation: the range and the store version it saw.
+/// A scan recorded for validation: the range and the clock when it ran.
 #[derive(Debug)]
 struct ScanRecord {
     start: Vec<u8>,
     end: Vec<u8>,
-    version: u64,
+    clock: u64,
 }
 
-/// A [`MemStore`] transaction.
+/// A [`MemStore`] read-write transaction.
 struct MemTransaction {
     /// Carried for the trait; this store validates optimistically and does not lock.
     priority: u64,
     store: MemStore,
-    /// Key -> version seen (0 = absent).
+    /// Key -> timestamp of the version seen (0 = never written).
     reads: HashMap<Vec<u8>, u64>,
     scans: Vec<ScanRecord>,
     /// Buffered writes: key -> value or deletion.
@@ -150,6 +236,55 @@ fn tablet_of(key: &[u8]) -> u32 {
     } else {
         id
     }
+}
+
+fn key_range(start: &[u8], end: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    (
+        Bound::Included(start.to_vec()),
+        Bound::Excluded(end.to_vec()),
+    )
+}
+
+/// At most `limit` `(key, value)` pairs in `[start, end)`: the committed values `visible`
+/// picks from each key's versions, shadowed by `buffered` writes, in key order.
+fn merge_scan(
+    inner: &Inner,
+    buffered: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    visible: impl Fn(&[Version]) -> Option<&Vec<u8>>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut merged: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut committed = inner.data.range(key_range(start, end)).peekable();
+    let mut buffered = buffered.range(key_range(start, end)).peekable();
+    while merged.len() < limit {
+        let take_buffered = match (committed.peek(), buffered.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((ck, _)), Some((bk, _))) => bk <= ck,
+        };
+        if take_buffered {
+            let Some((bk, bv)) = buffered.next() else {
+                break;
+            };
+            if committed.peek().is_some_and(|(ck, _)| *ck == bk) {
+                committed.next();
+            }
+            if let Some(v) = bv {
+                merged.push((bk.clone(), v.clone()));
+            }
+        } else {
+            let Some((ck, versions)) = committed.next() else {
+                break;
+            };
+            if let Some(v) = visible(versions) {
+                merged.push((ck.clone(), v.clone()));
+            }
+        }
+    }
+    merged
 }
 
 impl MemTransaction {
@@ -182,8 +317,7 @@ impl MemTransaction {
 
     fn validate(&self, inner: &Inner) -> Result<(), StoreError> {
         for (key, seen) in &self.reads {
-            let now = inner.data.get(key).map_or(0, |v| v.version);
-            if now != *seen {
+            if inner.latest_ts(key) != *seen {
                 return Err(StoreError::Retryable(
                     "a key read by this transaction was changed".into(),
                 ));
@@ -193,14 +327,10 @@ impl MemTransaction {
             if scan.start >= scan.end {
                 continue;
             }
-            let range = (
-                Bound::Included(scan.start.clone()),
-                Bound::Excluded(scan.end.clone()),
-            );
             if inner
                 .data
-                .range(range)
-                .any(|(_, v)| v.version > scan.version)
+                .range(key_range(&scan.start, &scan.end))
+                .any(|(_, versions)| versions.last().is_some_and(|v| v.ts > scan.clock))
             {
                 return Err(StoreError::Retryable(
                     "a range scanned by this transaction was changed".into(),
@@ -223,11 +353,14 @@ impl Transaction for MemTransaction {
             return Ok(buffered.clone());
         }
         let inner = self.store.lock();
-        let found = inner.data.get(key);
         self.reads
             .entry(key.to_vec())
-            .or_insert_with(|| found.map_or(0, |v| v.version));
-        Ok(found.and_then(|v| v.value.clone()))
+            .or_insert_with(|| inner.latest_ts(key));
+        Ok(inner
+            .data
+            .get(key)
+            .and_then(|versions| latest(versions))
+            .cloned())
     }
 
     async fn scan(
@@ -242,43 +375,8 @@ impl Transaction for MemTransaction {
         }
         let limit = limit.unwrap_or(usize::MAX);
         let inner = self.store.lock();
-        let range = || {
-            (
-                Bound::Included(start.to_vec()),
-                Bound::Excluded(end.to_vec()),
-            )
-        };
-        // Merge committed data with this transaction's buffered writes, in key order; a
-        // buffered write shadows the committed version of its key.
-        let mut merged: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut committed = inner.data.range(range()).peekable();
-        let mut buffered = self.writes.range(range()).peekable();
-        while merged.len() < limit {
-            let take_buffered = match (committed.peek(), buffered.peek()) {
-                (None, None) => break,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some((ck, _)), Some((bk, _))) => bk <= ck,
-            };
-            if take_buffered {
-                let Some((bk, bv)) = buffered.next() else {
-                    break;
-                };
-                if committed.peek().is_some_and(|(ck, _)| *ck == bk) {
-                    committed.next();
-                }
-                if let Some(v) = bv {
-                    merged.push((bk.clone(), v.clone()));
-                }
-            } else {
-                let Some((ck, cv)) = committed.next() else {
-                    break;
-                };
-                if let Some(v) = &cv.value {
-                    merged.push((ck.clone(), v.clone()));
-                }
-            }
-        }
+        // A buffered write shadows the committed version of its key.
+        let merged = merge_scan(&inner, &self.writes, start, end, limit, latest);
         // Record the part of the range the caller has seen: up to and including the last key
         // returned if the page is full, else the whole range.
         let seen_end = if merged.len() >= limit {
@@ -293,7 +391,7 @@ impl Transaction for MemTransaction {
         self.scans.push(ScanRecord {
             start: start.to_vec(),
             end: seen_end.unwrap_or_else(|| end.to_vec()),
-            version: inner.version,
+            clock: inner.clock,
         });
         Ok(merged)
     }
@@ -323,22 +421,124 @@ impl Transaction for MemTransaction {
         if self.writes.is_empty() {
             return Ok(None);
         }
-        inner.version += 1;
-        let version = inner.version;
+        let ts = inner.tick();
         for (key, value) in std::mem::take(&mut self.writes) {
-            inner.data.insert(key, Versioned { value, version });
+            inner
+                .data
+                .entry(key)
+                .or_default()
+                .push(Version { ts, value });
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let ts = now.max(inner.last_commit_ts + 1);
-        inner.last_commit_ts = ts;
         Ok(Some(ts))
     }
 
     async fn rollback(&mut self) {
         self.done = true;
         self.writes.clear();
+    }
+}
+
+/// A [`MemStore`] read-only transaction: reads of one snapshot.
+struct MemSnapshot {
+    store: MemStore,
+    bound: ReadBound,
+    /// The snapshot's timestamp, fixed at the first read.
+    read_ts: Option<u64>,
+    /// Whether `put` or `delete` was called (an error at commit).
+    wrote: bool,
+    done: bool,
+}
+
+impl MemSnapshot {
+    /// The snapshot timestamp, choosing it on first use (see the module doc).
+    fn snapshot_ts(&mut self, inner: &mut Inner) -> Result<u64, StoreError> {
+        if self.done {
+            return Err(StoreError::Internal("transaction already finished".into()));
+        }
+        if let Some(ts) = self.read_ts {
+            return Ok(ts);
+        }
+        let ts = match self.bound {
+            ReadBound::Strong | ReadBound::MaxStaleness(_) => inner.tick(),
+            ReadBound::At(ts) => ts,
+            ReadBound::ExactStaleness(staleness) => {
+                now_ns().saturating_sub(u64::try_from(staleness.as_nanos()).unwrap_or(u64::MAX))
+            }
+        };
+        inner.clock = inner.clock.max(ts);
+        self.read_ts = Some(ts);
+        Ok(ts)
+    }
+}
+
+#[async_trait]
+impl Transaction for MemSnapshot {
+    fn priority(&self) -> u64 {
+        0
+    }
+
+    fn read_ts(&self) -> Option<u64> {
+        self.read_ts
+    }
+
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let store = self.store.clone();
+        let mut inner = store.lock();
+        let ts = self.snapshot_ts(&mut inner)?;
+        Ok(inner
+            .data
+            .get(key)
+            .and_then(|versions| visible_at(versions, ts))
+            .cloned())
+    }
+
+    async fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: Option<usize>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let store = self.store.clone();
+        let mut inner = store.lock();
+        let ts = self.snapshot_ts(&mut inner)?;
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let limit = limit.unwrap_or(usize::MAX);
+        let nothing_buffered = BTreeMap::new();
+        Ok(merge_scan(
+            &inner,
+            &nothing_buffered,
+            start,
+            end,
+            limit,
+            |versions| visible_at(versions, ts),
+        ))
+    }
+
+    fn put(&mut self, _key: Vec<u8>, _value: Vec<u8>) {
+        self.wrote = true;
+    }
+
+    fn delete(&mut self, _key: Vec<u8>) {
+        self.wrote = true;
+    }
+
+    async fn commit(&mut self) -> Result<Option<u64>, StoreError> {
+        if self.done {
+            return Err(StoreError::Internal("transaction already finished".into()));
+        }
+        self.done = true;
+        if self.wrote {
+            return Err(StoreError::Internal(
+                "write through a read-only transaction".into(),
+            ));
+        }
+        Ok(None)
+    }
+
+    async fn rollback(&mut self) {
+        self.done = true;
     }
 }
 
@@ -409,5 +609,121 @@ mod tests {
         t.scan(&k(100, b""), &k(101, b""), None).await.unwrap();
         t.put(k(100, b"row"), b"v".to_vec());
         assert!(t.commit().await.is_ok());
+    }
+
+    async fn put_committed(store: &MemStore, key: Vec<u8>, value: Option<&[u8]>) -> u64 {
+        let mut t = store.begin(None).await.unwrap();
+        match value {
+            Some(v) => t.put(key, v.to_vec()),
+            None => t.delete(key),
+        }
+        t.commit().await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn read_only_transactions_read_one_snapshot() {
+        let store = MemStore::new();
+        let first = put_committed(&store, k(100, b"a"), Some(b"1")).await;
+
+        let mut ro = store.begin_read_only(ReadBound::Strong).await.unwrap();
+        assert_eq!(ro.read_ts(), None);
+        assert_eq!(ro.get(&k(100, b"a")).await.unwrap(), Some(b"1".to_vec()));
+        let read_ts = ro.read_ts().unwrap();
+        assert!(read_ts >= first);
+
+        // Later commits, deletions included, are invisible to it, and land above its time.
+        let second = put_committed(&store, k(100, b"a"), Some(b"2")).await;
+        put_committed(&store, k(100, b"b"), Some(b"3")).await;
+        let deleted = put_committed(&store, k(100, b"a"), None).await;
+        assert!(second > read_ts);
+        assert_eq!(ro.get(&k(100, b"a")).await.unwrap(), Some(b"1".to_vec()));
+        let rows = ro.scan(&k(100, b""), &k(101, b""), None).await.unwrap();
+        assert_eq!(rows, vec![(k(100, b"a"), b"1".to_vec())]);
+        assert_eq!(ro.read_ts(), Some(read_ts));
+        assert_eq!(ro.commit().await.unwrap(), None);
+
+        // A new strong snapshot sees everything; exact times see the past.
+        let mut now = store.begin_read_only(ReadBound::Strong).await.unwrap();
+        let rows = now.scan(&k(100, b""), &k(101, b""), None).await.unwrap();
+        assert_eq!(rows, vec![(k(100, b"b"), b"3".to_vec())]);
+        for (ts, expected) in [
+            (first - 1, None),
+            (first, Some(b"1".to_vec())),
+            (second, Some(b"2".to_vec())),
+            (deleted - 1, Some(b"2".to_vec())),
+            (deleted, None),
+        ] {
+            let mut at = store.begin_read_only(ReadBound::At(ts)).await.unwrap();
+            assert_eq!(at.get(&k(100, b"a")).await.unwrap(), expected, "at {ts}");
+            assert_eq!(at.read_ts(), Some(ts));
+        }
+        let mut stale = store
+            .begin_read_only(ReadBound::ExactStaleness(std::time::Duration::from_secs(
+                10,
+            )))
+            .await
+            .unwrap();
+        assert_eq!(stale.get(&k(100, b"b")).await.unwrap(), None);
+        assert!(stale.read_ts().unwrap() < first);
+        let mut bounded = store
+            .begin_read_only(ReadBound::MaxStaleness(std::time::Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert_eq!(
+            bounded.get(&k(100, b"b")).await.unwrap(),
+            Some(b"3".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn read_only_transactions_refuse_the_future_and_writes() {
+        let store = MemStore::new();
+        let future = now_ns() + 3_600_000_000_000;
+        assert!(matches!(
+            store.begin_read_only(ReadBound::At(future)).await,
+            Err(StoreError::InvalidTimestamp(_))
+        ));
+
+        let mut ro = store.begin_read_only(ReadBound::Strong).await.unwrap();
+        ro.put(k(100, b"x"), b"1".to_vec());
+        assert!(matches!(ro.commit().await, Err(StoreError::Internal(_))));
+        assert_eq!(store.live_keys(), 0);
+
+        // A read-only transaction never conflicts, and its commit does not use up injected
+        // failures.
+        let mut ro = store.begin_read_only(ReadBound::Strong).await.unwrap();
+        ro.get(&k(100, b"x")).await.unwrap();
+        put_committed(&store, k(100, b"x"), Some(b"1")).await;
+        store.fail_next_commits(1);
+        assert_eq!(ro.commit().await.unwrap(), None);
+        let mut t = store.begin(None).await.unwrap();
+        t.put(k(100, b"y"), b"2".to_vec());
+        assert!(matches!(t.commit().await, Err(StoreError::Retryable(_))));
+    }
+
+    #[tokio::test]
+    async fn reading_at_a_time_ahead_of_the_clock_keeps_later_commits_above_it() {
+        let store = MemStore::new();
+        let ahead = now_ns() + 1_000;
+        // Allowed once the wall clock has passed it.
+        while now_ns() < ahead {
+            std::thread::yield_now();
+        }
+        let mut at = store.begin_read_only(ReadBound::At(ahead)).await.unwrap();
+        assert_eq!(at.get(&k(100, b"a")).await.unwrap(), None);
+        let ts = put_committed(&store, k(100, b"a"), Some(b"1")).await;
+        assert!(ts > ahead);
+        assert_eq!(at.get(&k(100, b"a")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn split_at_records_keys() {
+        let store = MemStore::new();
+        store
+            .split_at(vec![k(100, b"m"), k(100, b"c")])
+            .await
+            .unwrap();
+        store.split_at(vec![k(100, b"c")]).await.unwrap();
+        assert_eq!(store.split_keys(), vec![k(100, b"c"), k(100, b"m")]);
     }
 }

@@ -30,6 +30,10 @@ pub enum StoreError {
     /// The request needs a capability that is not built yet (SQLSTATE 0A000).
     #[error("not supported: {0}")]
     NotSupported(String),
+    /// A read asked for a timestamp the store cannot serve: older than the MVCC garbage
+    /// collection horizon, or in the future (SQLSTATE 22023, invalid parameter value).
+    #[error("{0}")]
+    InvalidTimestamp(String),
     /// A bug or storage failure (SQLSTATE XX000).
     #[error("internal error: {0}")]
     Internal(String),
@@ -42,8 +46,31 @@ pub trait Store: Send + Sync + 'static {
     /// a fresh one (the current time) if `None`. A retry passes the aborted attempt's priority.
     async fn begin(&self, priority: Option<u64>) -> Result<Box<dyn Transaction>, StoreError>;
 
+    /// Starts a read-only transaction: lock-free reads of one consistent snapshot, chosen by
+    /// `bound` when the transaction first reads. Its `put`/`delete` must not be called (the
+    /// SQL layer refuses writes in read-only transactions with 25006); `commit` returns `None`.
+    async fn begin_read_only(&self, bound: ReadBound) -> Result<Box<dyn Transaction>, StoreError>;
+
     /// Allocates a fresh table id (>= FIRST_USER_TABLE_ID) and places its key range.
     async fn create_table_range(&self) -> Result<u32, StoreError>;
+
+    /// Splits the tablets holding `keys` so that each key starts a tablet (`ALTER TABLE …
+    /// SPLIT AT`). Keys that already start a tablet are left alone.
+    async fn split_at(&self, keys: Vec<Vec<u8>>) -> Result<(), StoreError>;
+}
+
+/// Which snapshot a read-only transaction reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBound {
+    /// Everything committed before the transaction started (external consistency).
+    Strong,
+    /// Exactly this timestamp (ns since the Unix epoch): `AS OF SYSTEM TIME`.
+    At(u64),
+    /// Exactly this long ago: `AS OF SYSTEM TIME '-10s'`.
+    ExactStaleness(std::time::Duration),
+    /// The freshest snapshot the nearest replica can serve without waiting, no older than this
+    /// (`SET max_staleness`, bounded staleness).
+    MaxStaleness(std::time::Duration),
 }
 
 /// A read-write transaction. Reads see the transaction's own buffered writes; writes become
@@ -51,8 +78,14 @@ pub trait Store: Send + Sync + 'static {
 /// transaction that loses a conflict fails with `StoreError::Retryable`.
 #[async_trait]
 pub trait Transaction: Send {
-    /// The transaction's wound-wait priority.
+    /// The transaction's wound-wait priority (0 for read-only transactions).
     fn priority(&self) -> u64;
+
+    /// The snapshot timestamp of a read-only transaction, once it has read (`None` before, and
+    /// for read-write transactions).
+    fn read_ts(&self) -> Option<u64> {
+        None
+    }
 
     /// The value at `key`.
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;

@@ -385,6 +385,56 @@ async fn shutdown_closes_idle_connections() {
     assert!(client.simple_query("SELECT 1").await.is_err());
 }
 
+#[tokio::test]
+async fn read_only_transactions_as_of_system_time_and_split_at() {
+    let server = start().await;
+    let mut client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+
+    // SPLIT AT through the extended protocol, with a parameter.
+    assert_eq!(
+        client
+            .execute("ALTER TABLE t SPLIT AT VALUES ($1), (5)", &[&3i32])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(server.store.split_keys().len(), 2);
+
+    // AS OF SYSTEM TIME in a prepared statement: ten seconds ago there were no rows.
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM t AS OF SYSTEM TIME '-10s' WHERE id > $1",
+            &[&0i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+    let row = client.query_one("SHOW read_timestamp", &[]).await.unwrap();
+    assert!(row.get::<_, i64>(0) > 0);
+
+    // The driver's own read-only transactions (START TRANSACTION READ ONLY).
+    let txn = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .unwrap();
+    let row = txn.query_one("SELECT count(*) FROM t", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 2);
+    let e = txn
+        .execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "25006");
+    txn.rollback().await.unwrap();
+    assert_usable(&client).await;
+    server.shutdown().await;
+}
+
 /// Sends one simple query over a raw socket and returns the ReadyForQuery status byte and the
 /// SQLSTATEs of any errors (tokio-postgres does not expose the transaction status).
 async fn raw_query(stream: &mut tokio::net::TcpStream, sql: &str) -> (u8, Vec<String>) {

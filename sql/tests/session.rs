@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use meridian_sql::session::CommandTag;
-use meridian_sql::store::{Store, StoreError, Transaction, FIRST_USER_TABLE_ID};
+use meridian_sql::store::{ReadBound, Store, StoreError, Transaction, FIRST_USER_TABLE_ID};
 use meridian_sql::{Datum, MemStore, Session, TransactionStatus};
 
 fn session(store: &MemStore) -> Session {
@@ -241,8 +241,19 @@ impl Store for CountingStore {
         }))
     }
 
+    async fn begin_read_only(&self, bound: ReadBound) -> Result<Box<dyn Transaction>, StoreError> {
+        Ok(Box::new(CountingTxn {
+            inner: self.inner.begin_read_only(bound).await?,
+            calls: self.calls.clone(),
+        }))
+    }
+
     async fn create_table_range(&self) -> Result<u32, StoreError> {
         self.inner.create_table_range().await
+    }
+
+    async fn split_at(&self, keys: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        self.inner.split_at(keys).await
     }
 }
 
@@ -250,6 +261,10 @@ impl Store for CountingStore {
 impl Transaction for CountingTxn {
     fn priority(&self) -> u64 {
         self.inner.priority()
+    }
+
+    fn read_ts(&self) -> Option<u64> {
+        self.inner.read_ts()
     }
 
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

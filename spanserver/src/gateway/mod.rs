@@ -11,6 +11,7 @@
 //!   `Unavailable` answer, or a connection that was never made); when its outcome is unknown
 //!   the caller gets an "ambiguous result" error instead, so a retry can never apply it twice.
 
+pub mod readonly;
 pub mod txn;
 
 use std::collections::HashMap;
@@ -21,12 +22,16 @@ use meridian_proto as pb;
 use meridian_proto::placement_driver_client::PlacementDriverClient;
 use meridian_proto::tablet_client::TabletClient;
 use meridian_proto::tablet_error::Kind;
-use meridian_sql::store::{Store, StoreError, Transaction};
+use meridian_sql::store::{ReadBound, Store, StoreError, Transaction};
+use meridian_truetime::TrueTime;
 use parking_lot::{Mutex, RwLock};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::raft::{GroupId, ServerId};
 
+/// How long a follower may wait for its safe time to reach a snapshot read's timestamp before
+/// the gateway asks the leader instead.
+const FOLLOWER_WAIT_MS: u32 = 20;
 /// How long a request keeps looking for a leader before giving up.
 pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Timeout of one scan RPC.
@@ -38,6 +43,8 @@ const COMMIT_RPC_TIMEOUT: Duration = Duration::from_secs(20);
 /// The gateway of one spanserver.
 pub struct Gateway {
     pd_addrs: Vec<String>,
+    tt: Arc<dyn TrueTime>,
+    zone: Option<String>,
     tablets: RwLock<Vec<pb::TabletDescriptor>>,
     servers: RwLock<HashMap<ServerId, pb::ServerInfo>>,
     leaders: RwLock<HashMap<GroupId, ServerId>>,
@@ -74,9 +81,13 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 impl Gateway {
-    pub fn new(pd_addrs: Vec<String>) -> Arc<Gateway> {
+    /// A gateway in `zone` (snapshot reads prefer replicas there) that picks read timestamps
+    /// with `tt`.
+    pub fn new(pd_addrs: Vec<String>, tt: Arc<dyn TrueTime>, zone: Option<String>) -> Arc<Gateway> {
         Arc::new(Gateway {
             pd_addrs,
+            tt,
+            zone,
             tablets: RwLock::new(Vec::new()),
             servers: RwLock::new(HashMap::new()),
             leaders: RwLock::new(HashMap::new()),
@@ -245,6 +256,18 @@ impl Gateway {
         limit: u32,
         txn: Option<pb::TxnMeta>,
     ) -> Result<(Route, pb::ScanResponse), StoreError> {
+        self.scan_tablet_with(start, end, limit, txn, 0).await
+    }
+
+    /// [`Gateway::scan_tablet`], or a snapshot read at `read_ts` at the leader.
+    async fn scan_tablet_with(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        txn: Option<pb::TxnMeta>,
+        read_ts: u64,
+    ) -> Result<(Route, pb::ScanResponse), StoreError> {
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         let mut attempt = 0;
         loop {
@@ -263,7 +286,9 @@ impl Gateway {
                 end: piece_end,
                 limit,
                 txn,
-                read_ts: 0,
+                read_ts,
+                max_staleness_ns: 0,
+                max_wait_ms: 0,
             });
             request.set_timeout(SCAN_RPC_TIMEOUT);
             match client.scan(request).await {
@@ -282,6 +307,9 @@ impl Gateway {
                         Some(Kind::Conflict(m)) => return Err(StoreError::Retryable(m)),
                         Some(Kind::Ambiguous(m)) | Some(Kind::Internal(m)) => {
                             return Err(StoreError::Internal(m))
+                        }
+                        Some(Kind::InvalidTimestamp(m)) => {
+                            return Err(StoreError::InvalidTimestamp(m))
                         }
                     }
                 }
@@ -315,6 +343,91 @@ impl Gateway {
         }
         self.refresh_directory().await?;
         find(self).ok_or_else(|| StoreError::Unavailable(format!("unknown tablet {group}")))
+    }
+
+    /// Asks the placement driver to split the tablets holding `keys` so each starts one.
+    pub async fn split_at(&self, keys: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        let mut client = self.pd_client().await?;
+        client
+            .split_range(pb::SplitRangeRequest { keys })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::InvalidArgument | tonic::Code::NotFound => {
+                    StoreError::Internal(format!("split: {}", s.message()))
+                }
+                _ => StoreError::Unavailable(format!("split: {}", s.message())),
+            })?;
+        self.refresh_directory().await
+    }
+
+    /// A replica of `route` in this gateway's zone, if any.
+    fn local_replica(&self, route: &Route) -> Option<ServerId> {
+        let zone = self.zone.as_ref()?;
+        let servers = self.servers.read();
+        route
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| servers.get(r).is_some_and(|s| &s.zone == zone))
+    }
+
+    /// A lock-free snapshot read of `[start, end)` within one tablet: at `read_ts`, or (when
+    /// it is 0) at the freshest timestamp within `max_staleness` the nearest replica can serve.
+    /// With `nearby`, tries a replica in this zone first (a stale read it can likely serve at
+    /// once), then the leader (which serves a fresh timestamp without waiting for a closed
+    /// timestamp to replicate). Returns the rows and the timestamp they were read at.
+    pub async fn scan_snapshot(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        read_ts: u64,
+        max_staleness: Option<Duration>,
+        nearby: bool,
+    ) -> Result<(Route, pb::ScanResponse), StoreError> {
+        let route = self.route(start).await?;
+        let piece_end = clip_end(&route, end);
+        let leader = self.leaders.read().get(&route.group).copied();
+        let local = nearby
+            .then(|| self.local_replica(&route))
+            .flatten()
+            .filter(|l| Some(*l) != leader);
+        if let Some(local) = local {
+            let request = pb::ScanRequest {
+                group_id: route.group.0,
+                start: start.to_vec(),
+                end: piece_end.clone(),
+                limit,
+                txn: None,
+                read_ts,
+                max_staleness_ns: max_staleness.map_or(0, |d| d.as_nanos() as u64),
+                max_wait_ms: FOLLOWER_WAIT_MS,
+            };
+            if let Ok(mut client) = self.tablet_client(local).await {
+                let mut rpc = tonic::Request::new(request);
+                rpc.set_timeout(SCAN_RPC_TIMEOUT);
+                if let Ok(resp) = client.scan(rpc).await {
+                    let resp = resp.into_inner();
+                    match resp.error.as_ref().and_then(|e| e.kind.clone()) {
+                        None => return Ok((route, resp)),
+                        Some(Kind::InvalidTimestamp(m)) => {
+                            return Err(StoreError::InvalidTimestamp(m))
+                        }
+                        // Behind, or not hosting the range any more: ask the leader.
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        // The leader: at the given timestamp, or (bounded staleness that no nearby replica
+        // could serve) a strong read now.
+        let read_ts = if read_ts == 0 {
+            self.tt.now().latest.0
+        } else {
+            read_ts
+        };
+        self.scan_tablet_with(start, end, limit, None, read_ts)
+            .await
     }
 
     /// Sends one transaction step to `route`'s leader. Retries while the step certainly did not
@@ -364,6 +477,9 @@ impl Gateway {
                             )));
                         }
                         Some(Kind::Internal(m)) => return Err(StoreError::Internal(m)),
+                        Some(Kind::InvalidTimestamp(m)) => {
+                            return Err(StoreError::InvalidTimestamp(m))
+                        }
                     }
                 }
                 Err(status) if never_sent(&status) => {
@@ -425,6 +541,17 @@ impl Store for GatewayStore {
             self.gateway.clone(),
             priority,
         )))
+    }
+
+    async fn begin_read_only(&self, bound: ReadBound) -> Result<Box<dyn Transaction>, StoreError> {
+        Ok(Box::new(readonly::ReadOnlyTxn::new(
+            self.gateway.clone(),
+            bound,
+        )))
+    }
+
+    async fn split_at(&self, keys: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        self.gateway.split_at(keys).await
     }
 
     async fn create_table_range(&self) -> Result<u32, StoreError> {

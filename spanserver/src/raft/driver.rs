@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_truetime::{Timestamp, TrueTime};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use raft::prelude::{Entry, EntryType, Message};
 use tokio::sync::oneshot;
 
@@ -32,7 +32,7 @@ use crate::failpoints::{self, Failpoints};
 use crate::storage::engine::{Cf, Engine, WriteBatch};
 use crate::tablet::lock_table::{Acquired, Effects, LockMode, LockTable, Refusal, Span, WaiterId};
 use crate::tablet::{
-    self, Applied, Command, KeyRange, Mutation, PreparedRecord, ReplicaDescriptor, TxnMeta,
+    self, Applied, Command, KeyRange, Lease, Mutation, PreparedRecord, ReplicaDescriptor, TxnMeta,
     TxnRecords,
 };
 
@@ -175,6 +175,18 @@ pub enum Event {
     Txn(TxnCall),
     /// The caller of a waiting transaction step gave up.
     CancelWait { group: GroupId, waiter: WaiterId },
+    /// Split a group's range (see `SplitRequest` in `meridian.proto`).
+    Split {
+        group: GroupId,
+        at: Vec<u8>,
+        new_group: u64,
+        reply: TxnReply,
+    },
+    /// Give up every lease (graceful shutdown); answered with one receiver per release, each
+    /// answered when the release has applied.
+    ReleaseLeases {
+        reply: oneshot::Sender<Vec<oneshot::Receiver<Result<TxnAnswer, CommitError>>>>,
+    },
     /// Host a replica (idempotent).
     CreateReplica {
         desc: ReplicaDescriptor,
@@ -204,6 +216,45 @@ pub struct ReplicaShared {
     pub min_prepared_ts: AtomicU64,
     /// Live transactions in the leader's lock table.
     pub lock_holders: AtomicU64,
+    /// Timestamp assignment at the leader, shared with readers that need a floor under it.
+    pub ts: Mutex<TsState>,
+    /// While serving: when this leader's lease expires (ns); 0 otherwise. Readers check it
+    /// against TrueTime themselves, so an expired lease stops reads at once.
+    pub lease_expiration: AtomicU64,
+}
+
+impl ReplicaShared {
+    /// A copy of this state for the same replica with a new descriptor (after a split).
+    fn with_desc(&self, desc: ReplicaDescriptor) -> ReplicaShared {
+        let ts = self.ts.lock();
+        ReplicaShared {
+            desc,
+            serving: AtomicBool::new(self.serving.load(Ordering::Acquire)),
+            leader: AtomicU64::new(self.leader.load(Ordering::Acquire)),
+            term: AtomicU64::new(self.term.load(Ordering::Acquire)),
+            is_leader: AtomicBool::new(self.is_leader.load(Ordering::Acquire)),
+            max_applied_ts: AtomicU64::new(self.max_applied_ts.load(Ordering::Acquire)),
+            applied_index: AtomicU64::new(self.applied_index.load(Ordering::Acquire)),
+            prepared: AtomicU64::new(self.prepared.load(Ordering::Acquire)),
+            min_prepared_ts: AtomicU64::new(self.min_prepared_ts.load(Ordering::Acquire)),
+            lock_holders: AtomicU64::new(self.lock_holders.load(Ordering::Acquire)),
+            lease_expiration: AtomicU64::new(self.lease_expiration.load(Ordering::Acquire)),
+            ts: Mutex::new(TsState {
+                last_assigned: ts.last_assigned,
+                read_floor: ts.read_floor,
+            }),
+        }
+    }
+}
+
+/// A leader's timestamp assignment state.
+#[derive(Debug, Default)]
+pub struct TsState {
+    /// The largest timestamp this leader has assigned.
+    pub last_assigned: u64,
+    /// Every timestamp assigned from now on is above this: snapshot reads at or below it have
+    /// been served.
+    pub read_floor: u64,
 }
 
 /// The replicas a server hosts, readable from any thread.
@@ -238,6 +289,9 @@ enum ProposalKind {
     Resolve,
     Abort,
     Forget,
+    Close,
+    Split,
+    Lease,
 }
 
 struct Pending {
@@ -257,6 +311,9 @@ pub const INQUIRE_AFTER: Duration = Duration::from_secs(2);
 pub const ABORT_DECISION_TTL: Duration = Duration::from_secs(600);
 /// How often the driver runs its transaction housekeeping.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// A serving leader that proposed nothing for this long proposes a closed timestamp, so that
+/// its followers' safe time keeps up with real time.
+pub const CLOSE_INTERVAL: Duration = Duration::from_millis(200);
 
 struct Replica {
     group: RaftGroup,
@@ -269,7 +326,18 @@ struct Replica {
     deferred: Vec<(Timestamp, u64)>,
     /// When this leader last asked about each prepared transaction (or first saw it).
     inquired: HashMap<u64, Instant>,
-    last_assigned: Timestamp,
+    /// When this leader last proposed anything (idle groups propose closed timestamps).
+    last_proposal: Instant,
+    /// How many times the lock table was rebuilt (part of its epochs).
+    lock_resets: u64,
+    /// The leader lease as last applied.
+    lease: Lease,
+    /// When this replica last proposed a lease that has not applied yet.
+    lease_proposed: Option<Instant>,
+    /// The lease is being given up (graceful shutdown): serve nothing more.
+    releasing: bool,
+    me: ServerId,
+    tt: Arc<dyn TrueTime>,
     max_applied_ts: Timestamp,
     applied_index: u64,
     pending: HashMap<u64, Pending>,
@@ -278,7 +346,12 @@ struct Replica {
 }
 
 impl Replica {
+    /// Leader, everything of earlier terms applied, and holding the lease.
     fn serving(&self) -> bool {
+        self.caught_up_leader() && self.holds_lease()
+    }
+
+    fn caught_up_leader(&self) -> bool {
         self.group.is_leader()
             && self
                 .group
@@ -286,10 +359,39 @@ impl Replica {
                 .is_some_and(|i| self.applied_index >= i)
     }
 
-    /// The next timestamp this leader may assign: above everything assigned or applied.
+    /// The lease is this replica's, for its current term, and valid in TrueTime terms: surely
+    /// not expired, and the previous holder's surely expired.
+    fn holds_lease(&self) -> bool {
+        let now = self.tt.now();
+        !self.releasing
+            && self.lease.holder == self.me.0
+            && self.lease.term == self.group.term()
+            && now.latest.0 < self.lease.expiration
+            && now.earliest.0 > self.lease.start_after
+    }
+
+    /// Assigns the next timestamp: at least `TT.now().latest` and `at_least`, above everything
+    /// assigned or applied, and above every timestamp a reader has been promised.
     fn next_ts(&self, tt: &dyn TrueTime, at_least: u64) -> Timestamp {
-        let floor = self.last_assigned.max(self.max_applied_ts).next();
-        tt.now().latest.max(floor).max(Timestamp(at_least))
+        let mut state = self.shared.ts.lock();
+        let floor = state
+            .last_assigned
+            .max(state.read_floor)
+            .max(self.max_applied_ts.0)
+            .saturating_add(1);
+        let ts = tt
+            .now()
+            .latest
+            .max(Timestamp(floor))
+            .max(Timestamp(at_least));
+        state.last_assigned = ts.0;
+        ts
+    }
+
+    /// Raises the assignment floor to `ts` (a resolution at a coordinator's timestamp).
+    fn assigned_at_least(&self, ts: u64) {
+        let mut state = self.shared.ts.lock();
+        state.last_assigned = state.last_assigned.max(ts);
     }
 
     /// Publishes leadership to other threads; on losing it, drops locks and fails waiters; on
@@ -297,6 +399,7 @@ impl Replica {
     fn sync_role(&mut self) {
         let leader = self.group.is_leader();
         if self.was_leader && !leader {
+            self.releasing = false;
             self.locks.clear();
             for (_, call) in self.waiting.drain() {
                 let _ = call
@@ -327,11 +430,16 @@ impl Replica {
             .store(self.records.prepared.len() as u64, Ordering::Relaxed);
         s.lock_holders
             .store(self.locks.len() as u64, Ordering::Relaxed);
+        let expiration = if serving { self.lease.expiration } else { 0 };
+        s.lease_expiration.store(expiration, Ordering::Release);
     }
 
     /// A new leader's lock table: fresh epochs, and every prepared transaction's locks back.
     fn start_serving(&mut self) {
-        self.locks = LockTable::new(self.group.term() << 32);
+        // Epochs must never repeat for this replica: a gateway compares them to detect locks
+        // lost in between. Terms only grow, and resets within a term are counted.
+        self.lock_resets += 1;
+        self.locks = LockTable::new((self.group.term() << 40) | ((self.lock_resets & 0xff) << 32));
         let now = Instant::now();
         for r in self.records.prepared.values() {
             let keys = r.mutations.iter().map(|m| m.key.clone()).collect();
@@ -347,12 +455,14 @@ impl Replica {
                 .restore_prepared(r.txn.id, r.txn.lock_priority(), reads, keys, now);
             self.inquired.insert(r.txn.id, now);
         }
+        let mut floor = self.max_applied_ts.0;
         for r in self.records.prepared.values() {
-            self.last_assigned = self.last_assigned.max(Timestamp(r.prepare_ts));
+            floor = floor.max(r.prepare_ts);
         }
         for d in self.records.decisions.values() {
-            self.last_assigned = self.last_assigned.max(Timestamp(d.ts));
+            floor = floor.max(d.ts);
         }
+        self.assigned_at_least(floor);
         tracing::info!(
             group = self.group.id().0,
             term = self.group.term(),
@@ -374,6 +484,8 @@ pub struct DriverConfig {
     /// Where two-phase commit housekeeping goes (none in tests of a lone driver).
     pub resolver: Option<tokio::sync::mpsc::UnboundedSender<ResolverWork>>,
     pub failpoints: Arc<Failpoints>,
+    /// How long a leader lease lasts (renewed at half-life).
+    pub lease: Duration,
 }
 
 /// Opens every replica recorded in the engine and starts the driver thread.
@@ -438,6 +550,18 @@ impl DriverLoop {
         if self.replicas.contains_key(&id) {
             return Ok(());
         }
+        // A replica whose range overlaps one hosted here is the right half of a split this
+        // server has not applied yet: applying it creates the replica, with the right state.
+        if let Some(other) = self
+            .replicas
+            .values()
+            .find(|r| tablet::ranges_overlap(&r.shared.desc.range, &desc.range))
+        {
+            return Err(format!(
+                "range overlaps {}; waiting for its split to apply",
+                other.shared.desc.group_id()
+            ));
+        }
         let engine = &self.config.engine;
         if new {
             let mut b = WriteBatch::new();
@@ -467,6 +591,11 @@ impl DriverLoop {
             let _ = group.campaign();
         }
         let records = TxnRecords::load(engine.as_ref(), id)?;
+        let lease: Lease = match engine.get(Cf::Raft, &keys::lease(id)) {
+            Ok(Some(b)) => bincode::deserialize(&b).map_err(|e| format!("corrupt lease: {e}"))?,
+            Ok(None) => Lease::default(),
+            Err(e) => return Err(e.to_string()),
+        };
         let shared = Arc::new(ReplicaShared {
             desc: desc.clone(),
             serving: AtomicBool::new(false),
@@ -478,6 +607,11 @@ impl DriverLoop {
             prepared: AtomicU64::new(records.prepared.len() as u64),
             min_prepared_ts: AtomicU64::new(records.min_prepare_ts()),
             lock_holders: AtomicU64::new(0),
+            lease_expiration: AtomicU64::new(0),
+            ts: Mutex::new(TsState {
+                last_assigned: max_applied_ts,
+                read_floor: 0,
+            }),
         });
         self.config.registry.write().insert(id, shared.clone());
         tracing::info!(group = id.0, peers = ?desc.peers, applied_index, "replica opened");
@@ -491,7 +625,13 @@ impl DriverLoop {
                 waiting: HashMap::new(),
                 deferred: Vec::new(),
                 inquired: HashMap::new(),
-                last_assigned: Timestamp(max_applied_ts),
+                last_proposal: Instant::now(),
+                lock_resets: 0,
+                lease,
+                lease_proposed: None,
+                releasing: false,
+                me: self.config.server,
+                tt: self.config.tt.clone(),
                 max_applied_ts: Timestamp(max_applied_ts),
                 applied_index,
                 pending: HashMap::new(),
@@ -533,6 +673,8 @@ impl DriverLoop {
                 }
             }
             self.release_deferred();
+            self.maintain_leases();
+            self.close_idle_groups();
             if Instant::now() >= next_sweep {
                 self.sweep();
                 next_sweep = Instant::now() + SWEEP_INTERVAL;
@@ -543,9 +685,16 @@ impl DriverLoop {
                 tracing::error!(error = %e, "raft driver cannot persist; stopping the server");
                 std::process::exit(70);
             }
+            if self.config.failpoints.fire(failpoints::CRASH_NOW) {
+                self.crashed = true;
+            }
             if self.crashed {
                 tracing::error!("raft driver crashed at a failpoint");
                 return;
+            }
+            // Leases start and end with time, not only with Raft activity.
+            for r in self.replicas.values_mut() {
+                r.sync_role();
             }
         }
         tracing::info!("raft driver stopped");
@@ -571,6 +720,46 @@ impl DriverLoop {
                     let effects = r.locks.cancel(waiter);
                     self.answer_lock_effects(group, effects);
                 }
+            }
+            Event::Split {
+                group,
+                at,
+                new_group,
+                reply,
+            } => {
+                let Some(r) = self.replicas.get(&group) else {
+                    let _ = reply.send(Err(CommitError::Unavailable(format!(
+                        "no replica of {group} here"
+                    ))));
+                    return;
+                };
+                if !r.serving() {
+                    let _ = reply.send(Err(CommitError::NotLeader(r.group.leader())));
+                    return;
+                }
+                if let Some(existing) = self.replicas.get(&GroupId(new_group)) {
+                    // A retried split that already happened answers as it did; anything else
+                    // is a caller bug.
+                    let answer = if existing.shared.desc.range.start == at {
+                        Ok(TxnAnswer::default())
+                    } else {
+                        Err(CommitError::Internal(format!(
+                            "group {new_group} already exists here"
+                        )))
+                    };
+                    let _ = reply.send(answer);
+                    return;
+                }
+                let command = Command::Split {
+                    proposal: self.next_proposal,
+                    at,
+                    new_group,
+                };
+                self.propose(group, command, ProposalKind::Split, 0, None, reply);
+            }
+            Event::ReleaseLeases { reply } => {
+                let waits = self.release_leases();
+                let _ = reply.send(waits);
             }
             Event::CreateReplica { desc, reply } => {
                 let result = self.open_replica(desc, true);
@@ -795,7 +984,7 @@ impl DriverLoop {
                     let _ = call.reply.send(Ok(TxnAnswer::default()));
                     return;
                 }
-                r.last_assigned = r.last_assigned.max(Timestamp(ts));
+                r.assigned_at_least(ts);
                 let command = Command::Resolve {
                     proposal: self.next_proposal,
                     txn,
@@ -857,9 +1046,8 @@ impl DriverLoop {
         self.next_proposal += 1;
         match r.group.propose(command.encode()) {
             Ok(index) => {
-                if let Some(ts) = ts {
-                    r.last_assigned = r.last_assigned.max(ts);
-                }
+                debug_assert!(ts.is_none_or(|ts| ts.0 <= r.shared.ts.lock().last_assigned));
+                r.last_proposal = Instant::now();
                 r.pending.insert(
                     proposal,
                     Pending {
@@ -928,6 +1116,129 @@ impl DriverLoop {
             }
             r.deferred = keep;
             self.answer_lock_effects(group, effects);
+        }
+    }
+
+    /// Acquires the lease for every caught-up leader that lacks it, and renews leases at
+    /// half-life.
+    fn maintain_leases(&mut self) {
+        let tt = self.config.tt.clone();
+        let duration = self.config.lease;
+        let now = Instant::now();
+        let mut proposals = Vec::new();
+        for (id, r) in self.replicas.iter_mut() {
+            if !r.caught_up_leader() || r.releasing {
+                continue;
+            }
+            if r.lease_proposed
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+            {
+                continue;
+            }
+            let clock = tt.now();
+            let mine = r.lease.holder == self.config.server.0 && r.lease.term == r.group.term();
+            let expiration = clock.latest.0.saturating_add(duration.as_nanos() as u64);
+            let lease = if mine {
+                let remaining = r.lease.expiration.saturating_sub(clock.latest.0);
+                if remaining > (duration / 2).as_nanos() as u64 {
+                    continue;
+                }
+                Lease {
+                    expiration,
+                    ..r.lease.clone()
+                }
+            } else {
+                Lease {
+                    holder: self.config.server.0,
+                    term: r.group.term(),
+                    expiration,
+                    // The previous lease, whoever held it, must surely be over first.
+                    start_after: r.lease.expiration.max(r.lease.start_after),
+                }
+            };
+            r.lease_proposed = Some(now);
+            proposals.push((*id, lease));
+        }
+        for (group, lease) in proposals {
+            let command = Command::Lease {
+                proposal: self.next_proposal,
+                lease,
+            };
+            self.propose(
+                group,
+                command,
+                ProposalKind::Lease,
+                0,
+                None,
+                oneshot::channel().0,
+            );
+        }
+    }
+
+    /// Gives up every lease this server serves under (graceful shutdown): stops serving at
+    /// once and logs a lease that expires now, so the next leader need not wait out the rest.
+    fn release_leases(&mut self) -> Vec<oneshot::Receiver<Result<TxnAnswer, CommitError>>> {
+        let tt = self.config.tt.clone();
+        let mut releases = Vec::new();
+        for (id, r) in self.replicas.iter_mut() {
+            if !r.serving() {
+                continue;
+            }
+            r.releasing = true;
+            r.sync_role();
+            releases.push((
+                *id,
+                Lease {
+                    holder: 0,
+                    term: r.group.term(),
+                    expiration: tt.now().latest.0,
+                    start_after: r.lease.start_after,
+                },
+            ));
+        }
+        let mut waits = Vec::new();
+        for (group, lease) in releases {
+            let (tx, rx) = oneshot::channel();
+            let command = Command::Lease {
+                proposal: self.next_proposal,
+                lease,
+            };
+            self.propose(group, command, ProposalKind::Lease, 0, None, tx);
+            waits.push(rx);
+        }
+        waits
+    }
+
+    /// Proposes a closed timestamp on every serving leader that has been idle a while.
+    fn close_idle_groups(&mut self) {
+        let tt = self.config.tt.clone();
+        if tt.check_usable().is_err() {
+            return;
+        }
+        let now = Instant::now();
+        let idle: Vec<GroupId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.serving() && now.duration_since(r.last_proposal) >= CLOSE_INTERVAL)
+            .map(|(g, _)| *g)
+            .collect();
+        for group in idle {
+            let Some(r) = self.replicas.get_mut(&group) else {
+                continue;
+            };
+            let ts = r.next_ts(tt.as_ref(), 0);
+            let command = Command::CloseTs {
+                proposal: self.next_proposal,
+                ts: ts.0,
+            };
+            self.propose(
+                group,
+                command,
+                ProposalKind::Close,
+                0,
+                Some(ts),
+                oneshot::channel().0,
+            );
         }
     }
 
@@ -1100,9 +1411,18 @@ impl DriverLoop {
                         let cmd = Command::decode(&e.data).map_err(|err| {
                             format!("undecodable command at {id} index {}: {err}", e.index)
                         })?;
-                        let result = tablet::apply(id, &mut r.records, batch, &cmd);
+                        let desc = r.shared.desc.clone();
+                        let result = tablet::apply(&desc, &mut r.records, batch, &cmd);
+                        if let Applied::Split { right, .. } = &result {
+                            // The new group starts above every timestamp this one applied.
+                            let mut value = 0u64.to_be_bytes().to_vec();
+                            value.extend_from_slice(&r.max_applied_ts.0.to_be_bytes());
+                            batch.put(Cf::Raft, keys::applied_index(right.group_id()), value);
+                        }
                         let ts = match (&cmd, &result) {
-                            (_, Applied::Committed { ts }) | (_, Applied::Prepared { ts }) => *ts,
+                            (_, Applied::Committed { ts })
+                            | (_, Applied::Prepared { ts })
+                            | (_, Applied::Closed { ts }) => *ts,
                             _ => 0,
                         };
                         r.max_applied_ts = r.max_applied_ts.max(Timestamp(ts));
@@ -1133,6 +1453,12 @@ impl DriverLoop {
     /// After the applies are visible: publish them, release locks and answer waiting proposers.
     fn answer_proposers(&mut self, applied: Vec<(GroupId, Vec<AppliedEntry>)>) {
         for (id, done) in applied {
+            // Splits first, so that whoever hears a split applied finds the new group open.
+            for c in &done {
+                if let Applied::Split { left, right } = &c.result {
+                    self.finish_split(id, left.clone(), right.clone());
+                }
+            }
             let Some(r) = self.replicas.get_mut(&id) else {
                 continue;
             };
@@ -1147,6 +1473,10 @@ impl DriverLoop {
                 .store(r.records.min_prepare_ts(), Ordering::Release);
             let mut effects = Effects::default();
             for c in done {
+                if let Applied::Lease(lease) = &c.result {
+                    r.lease = lease.clone();
+                    r.lease_proposed = None;
+                }
                 // A resolution ends the transaction here, whoever proposed it.
                 if let Some(txn) = c.resolved {
                     r.inquired.remove(&txn);
@@ -1184,6 +1514,12 @@ impl DriverLoop {
                             "the coordinator had already decided to abort".into(),
                         ))
                     }
+                    (_, Applied::Refused(m)) => {
+                        merge(&mut effects, r.locks.release(p.txn));
+                        Err(CommitError::Conflict(m.clone()))
+                    }
+                    (ProposalKind::Split, Applied::Split { .. } | Applied::Noop)
+                    | (ProposalKind::Lease, Applied::Lease(_)) => Ok(TxnAnswer::default()),
                     (ProposalKind::Prepare, Applied::Prepared { ts }) => Ok(TxnAnswer {
                         ts: *ts,
                         ..Default::default()
@@ -1195,9 +1531,13 @@ impl DriverLoop {
                         merge(&mut effects, r.locks.release(p.txn));
                         Ok(decision_answer(false, 0))
                     }
-                    (ProposalKind::Resolve | ProposalKind::Abort | ProposalKind::Forget, _) => {
-                        Ok(TxnAnswer::default())
-                    }
+                    (
+                        ProposalKind::Resolve
+                        | ProposalKind::Abort
+                        | ProposalKind::Forget
+                        | ProposalKind::Close,
+                        _,
+                    ) => Ok(TxnAnswer::default()),
                     (kind, result) => Err(CommitError::Internal(format!(
                         "{kind:?} applied as {result:?}"
                     ))),
@@ -1223,6 +1563,40 @@ impl DriverLoop {
             }
             self.answer_lock_effects(id, effects);
         }
+    }
+
+    /// After a split applied (its descriptors are durable): the parent takes its new range and
+    /// the new group opens here. A leader of the parent drops every transaction's locks (they
+    /// may cover the moved part; those transactions abort and retry) and campaigns for the new
+    /// group so that its leadership starts where the parent's was.
+    fn finish_split(&mut self, parent: GroupId, left: ReplicaDescriptor, right: ReplicaDescriptor) {
+        let Some(r) = self.replicas.get_mut(&parent) else {
+            return;
+        };
+        let shared = Arc::new(r.shared.with_desc(left));
+        self.config.registry.write().insert(parent, shared.clone());
+        r.shared = shared;
+        let was_serving = r.serving();
+        if was_serving {
+            for (_, call) in r.waiting.drain() {
+                let _ = call
+                    .reply
+                    .send(Err(CommitError::Conflict("the tablet was split".into())));
+            }
+            r.locks.clear();
+            r.start_serving();
+        }
+        let right_id = right.group_id();
+        if let Err(e) = self.open_replica(right, false) {
+            tracing::error!(group = right_id.0, error = %e, "opening the right half of a split");
+            return;
+        }
+        if was_serving {
+            if let Some(child) = self.replicas.get_mut(&right_id) {
+                let _ = child.group.campaign();
+            }
+        }
+        tracing::info!(parent = parent.0, child = right_id.0, "split applied");
     }
 }
 

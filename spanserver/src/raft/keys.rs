@@ -4,7 +4,8 @@
 //! - `g 0x01 index(8)` → a raft-rs `Entry`, protobuf-encoded;
 //! - `g 0x02` → the group's `HardState`;
 //! - `g 0x03` → the applied index and the largest commit timestamp applied (8 bytes big-endian
-//!   each), written atomically with the applied entries' effects.
+//!   each), written atomically with the applied entries' effects;
+//! - `g 0x04` → the group's leader lease as last applied (`tablet::Lease`).
 //!
 //! `Meta` CF:
 //! - `0x01 g` → the replica's descriptor (range and peers), one per hosted replica;
@@ -18,6 +19,7 @@ use super::GroupId;
 const ENTRY: u8 = 0x01;
 const HARD_STATE: u8 = 0x02;
 const APPLIED: u8 = 0x03;
+const LEASE: u8 = 0x04;
 const REPLICA: u8 = 0x01;
 const PREPARED: u8 = 0x02;
 const DECISION: u8 = 0x03;
@@ -47,6 +49,10 @@ pub fn hard_state(group: GroupId) -> Vec<u8> {
 
 pub fn applied_index(group: GroupId) -> Vec<u8> {
     group_prefix(group, APPLIED)
+}
+
+pub fn lease(group: GroupId) -> Vec<u8> {
+    group_prefix(group, LEASE)
 }
 
 /// The key of a hosted replica's descriptor in the `Meta` CF.

@@ -23,9 +23,12 @@
 //! is refused, an abort that finds a commit is a no-op, a `Resolve` without a prepare record
 //! does nothing.
 //!
-//! Commit timestamps are assigned by the leader in log order and are strictly increasing per
-//! group, except a `Resolve`'s, which is above the transaction's prepare timestamp; readers
-//! account for that with the prepared records (safe time).
+//! Timestamps are assigned by the leader in log order and are strictly increasing per group,
+//! except a `Resolve`'s, which is above the transaction's prepare timestamp; readers account
+//! for that with the prepared records. So a replica that has applied an entry with timestamp
+//! `t` (a commit, a prepare, or a [`Command::CloseTs`] an idle leader proposes) has every
+//! write at or below `t` except those of transactions it holds prepared: its safe time is
+//! `min(max applied timestamp, smallest prepare timestamp in doubt - 1)`.
 
 pub mod lock_table;
 
@@ -168,6 +171,19 @@ impl TxnRecords {
     }
 }
 
+/// A group's leader lease, as last applied (the `Lease` command). A leader serves only while it
+/// holds the lease: `holder` is itself, `term` its current term, `TT.before(expiration)`, and
+/// `TT.after(start_after)` (the previous lease's expiration, so two leases never overlap in
+/// true time).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The server holding it (0 = nobody: released).
+    pub holder: u64,
+    pub term: u64,
+    pub expiration: u64,
+    pub start_after: u64,
+}
+
 /// A command replicated through a tablet's Raft log. `proposal` identifies the proposer's
 /// waiter on the leader that proposed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +219,18 @@ pub enum Command {
     },
     /// Two-phase commit, coordinator: drop the decision record.
     Forget { proposal: u64, txn: u64 },
+    /// No write: the leader promises every later entry a timestamp above `ts`, so replicas can
+    /// serve snapshot reads up to `ts` on a group with no traffic.
+    CloseTs { proposal: u64, ts: u64 },
+    /// The leader lease changes hands or is extended (or released: holder 0).
+    Lease { proposal: u64, lease: Lease },
+    /// Split the range at `at`: this group keeps the left part, new group `new_group` (same
+    /// replicas) takes the right.
+    Split {
+        proposal: u64,
+        at: Vec<u8>,
+        new_group: u64,
+    },
 }
 
 impl Command {
@@ -221,7 +249,10 @@ impl Command {
             | Command::Prepare { proposal, .. }
             | Command::Decide { proposal, .. }
             | Command::Resolve { proposal, .. }
-            | Command::Forget { proposal, .. } => *proposal,
+            | Command::Forget { proposal, .. }
+            | Command::CloseTs { proposal, .. }
+            | Command::Split { proposal, .. }
+            | Command::Lease { proposal, .. } => *proposal,
         }
     }
 }
@@ -238,17 +269,49 @@ pub enum Applied {
     Aborted,
     /// Nothing to do (a repeated resolution, a forget of an unknown record).
     Noop,
+    /// A closed timestamp.
+    Closed { ts: u64 },
+    /// A new lease (the caller keeps it with the replica's state).
+    Lease(Lease),
+    /// The range was split: this replica is now `left`, and `right` is a new replica here.
+    Split {
+        left: ReplicaDescriptor,
+        right: ReplicaDescriptor,
+    },
+    /// The command was refused on every replica alike (a write outside the range after a
+    /// split, a split that cannot happen now).
+    Refused(String),
 }
 
 /// Adds the effects of `command` to `batch` and `records`. Deterministic: every replica applying
 /// the same log reaches the same state.
+///
+/// Writes are checked against the range at apply time, not only when proposed: a commit
+/// proposed before a split but ordered after it in the log would otherwise write keys the
+/// group no longer owns.
 pub fn apply(
-    group: GroupId,
+    desc: &ReplicaDescriptor,
     records: &mut TxnRecords,
     batch: &mut WriteBatch,
     command: &Command,
 ) -> Applied {
+    let group = desc.group_id();
+    let outside = |mutations: &[Mutation]| !all_in_range(&desc.range, mutations);
     match command {
+        Command::Commit { mutations, .. }
+        | Command::Prepare {
+            record: PreparedRecord { mutations, .. },
+            ..
+        }
+        | Command::Decide { mutations, .. }
+            if outside(mutations) =>
+        {
+            return Applied::Refused("the tablet's range changed (split)".into())
+        }
+        _ => {}
+    }
+    match command {
+        Command::Split { at, new_group, .. } => split(desc, records, batch, at, *new_group),
         Command::Commit { ts, mutations, .. } => {
             write_mutations(batch, mutations, *ts);
             Applied::Committed { ts: *ts }
@@ -316,6 +379,15 @@ pub fn apply(
                 Applied::Aborted
             }
         }
+        Command::CloseTs { ts, .. } => Applied::Closed { ts: *ts },
+        Command::Lease { lease, .. } => {
+            batch.put(
+                Cf::Raft,
+                keys::lease(group),
+                bincode::serialize(lease).unwrap_or_default(),
+            );
+            Applied::Lease(lease.clone())
+        }
         Command::Forget { txn, .. } => {
             if records.decisions.remove(txn).is_none() {
                 return Applied::Noop;
@@ -324,6 +396,62 @@ pub fn apply(
             Applied::Noop
         }
     }
+}
+
+fn split(
+    desc: &ReplicaDescriptor,
+    records: &TxnRecords,
+    batch: &mut WriteBatch,
+    at: &[u8],
+    new_group: u64,
+) -> Applied {
+    if desc.range.end.as_slice() == at {
+        return Applied::Noop; // already split here
+    }
+    if at <= desc.range.start.as_slice() || !desc.range.contains(at) {
+        return Applied::Refused("the split key is not inside the tablet's range".into());
+    }
+    let right_range = KeyRange {
+        start: at.to_vec(),
+        end: desc.range.end.clone(),
+    };
+    let in_doubt = records.prepared.values().any(|r| {
+        r.mutations.iter().any(|m| right_range.contains(&m.key))
+            || r.reads.iter().any(|s| ranges_overlap(s, &right_range))
+    });
+    if in_doubt {
+        return Applied::Refused(
+            "a transaction prepared in the part being split off is still in doubt".into(),
+        );
+    }
+    let left = ReplicaDescriptor {
+        group: desc.group,
+        range: KeyRange {
+            start: desc.range.start.clone(),
+            end: at.to_vec(),
+        },
+        peers: desc.peers.clone(),
+    };
+    let right = ReplicaDescriptor {
+        group: new_group,
+        range: right_range,
+        peers: desc.peers.clone(),
+    };
+    for d in [&left, &right] {
+        batch.put(
+            Cf::Meta,
+            keys::replica(d.group_id()),
+            bincode::serialize(d).unwrap_or_default(),
+        );
+    }
+    Applied::Split { left, right }
+}
+
+/// True if two ranges (empty end = unbounded) share a key.
+pub fn ranges_overlap(a: &KeyRange, b: &KeyRange) -> bool {
+    let a_before_b_ends = b.end.is_empty() || a.start < b.end;
+    let b_before_a_ends = a.end.is_empty() || b.start < a.end;
+    a_before_b_ends && b_before_a_ends
 }
 
 fn write_mutations(batch: &mut WriteBatch, mutations: &[Mutation], ts: u64) {

@@ -28,6 +28,8 @@ pub struct NodeConfig {
     /// Crash points armed on this server (shared across its restarts: a fired point stays
     /// disarmed).
     pub failpoints: Arc<Failpoints>,
+    /// The leader lease length.
+    pub lease: Duration,
 }
 
 impl Default for NodeConfig {
@@ -36,6 +38,7 @@ impl Default for NodeConfig {
             tt: Arc::new(SystemTrueTime::new(Duration::from_millis(1))),
             commit_wait: true,
             failpoints: Arc::default(),
+            lease: meridian_spanserver::server::DEFAULT_LEASE,
         }
     }
 }
@@ -76,6 +79,7 @@ async fn start_node(
         metrics_listen: None,
         commit_wait: config.commit_wait,
         failpoints: config.failpoints.clone(),
+        lease: config.lease,
     };
     let (stop, rx) = watch::channel(false);
     let (btx, brx) = oneshot::channel();
@@ -91,6 +95,20 @@ impl Cluster {
     /// Three servers with default clocks.
     pub async fn start() -> Cluster {
         Self::start_with((0..3).map(|_| NodeConfig::default()).collect()).await
+    }
+
+    /// Three servers with default clocks and leader leases of `lease` (tests that crash a
+    /// leader use short leases, since its successor waits the lease out).
+    pub async fn start_with_lease(lease: Duration) -> Cluster {
+        Self::start_with(
+            (0..3)
+                .map(|_| NodeConfig {
+                    lease,
+                    ..NodeConfig::default()
+                })
+                .collect(),
+        )
+        .await
     }
 
     /// One server per config, ids 1.., zones zone-1...
@@ -144,7 +162,11 @@ impl Cluster {
     /// A fresh gateway (its own directory cache and connections).
     pub fn store(&self) -> GatewayStore {
         GatewayStore {
-            gateway: Gateway::new(vec![self.pd_addr.clone()]),
+            gateway: Gateway::new(
+                vec![self.pd_addr.clone()],
+                self.configs[0].tt.clone(),
+                Some("zone-1".into()),
+            ),
         }
     }
 

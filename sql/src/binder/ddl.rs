@@ -1,10 +1,13 @@
-//! CREATE TABLE → [`TableDesc`], and SQL type names → [`DataType`].
+//! CREATE TABLE → [`TableDesc`], SQL type names → [`DataType`], and the split points of
+//! `ALTER TABLE … SPLIT AT VALUES …`.
 
 use sqlparser::ast;
 
-use super::{ident_name, table_name};
-use crate::catalog::{ColumnDesc, TableDesc};
+use super::{ident_name, table_name, Binder};
+use crate::catalog::{ColumnDesc, TableDesc, TableSet};
 use crate::error::{Result, SqlError};
+use crate::expr::ScalarExpr;
+use crate::plan::Plan;
 use crate::types::DataType;
 
 /// The name of the generated key column of a table declared without a primary key.
@@ -209,4 +212,57 @@ pub fn bind_create_table(create: &ast::CreateTable) -> Result<(TableDesc, bool)>
         },
         create.if_not_exists,
     ))
+}
+
+/// The split points of `ALTER TABLE … SPLIT AT VALUES …`, bound against a table's primary key.
+#[derive(Debug, Clone)]
+pub struct BoundSplitPoints {
+    /// One row per split point: constant expressions (parameters allowed) typed as the leading
+    /// primary key columns, in key order.
+    pub rows: Vec<Vec<ScalarExpr>>,
+    /// The type of each parameter `$1..$n`.
+    pub param_types: Vec<DataType>,
+}
+
+/// Binds the rows of `ALTER TABLE table SPLIT AT values` like an INSERT into the table's first
+/// primary key columns: each row may name a prefix of the key (all rows the same length),
+/// untyped literals and parameters take the key column's type (`'abc'` for an INT is 22P02),
+/// and typed values must be assignable to it (42804). More values than key columns is 42804.
+pub fn bind_split_points(
+    table: &TableDesc,
+    values: &ast::Values,
+    param_types: &[DataType],
+) -> Result<BoundSplitPoints> {
+    let key_columns: Vec<(DataType, String)> = table
+        .primary_key
+        .iter()
+        .filter_map(|&i| table.columns.get(i))
+        .map(|c| (c.data_type, c.name.clone()))
+        .collect();
+    let width = values.rows.first().map_or(0, |r| r.content.len());
+    if width == 0 || width > key_columns.len() {
+        return Err(SqlError::DatatypeMismatch(format!(
+            "SPLIT AT data has {width} columns but the primary key of \"{}\" has {} ({})",
+            table.name,
+            key_columns.len(),
+            key_columns
+                .iter()
+                .map(|(_, name)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let no_tables = TableSet::new();
+    let mut binder = Binder {
+        tables: &no_tables,
+        params: param_types.to_vec(),
+    };
+    let (plan, _) = binder.bind_values(values, &key_columns[..width])?;
+    let Plan::Values { rows } = plan else {
+        return Err(SqlError::Internal("VALUES bound to something else".into()));
+    };
+    Ok(BoundSplitPoints {
+        rows,
+        param_types: binder.params.iter().map(|t| t.or_text()).collect(),
+    })
 }

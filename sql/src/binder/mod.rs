@@ -16,7 +16,8 @@
 //!   bounds), hash aggregation, projection, sort and limit.
 //!
 //! Submodules: `expr` binds scalar expressions, `query` binds SELECT and VALUES, `dml` binds
-//! INSERT, UPDATE and DELETE, `ddl` turns CREATE TABLE into a descriptor.
+//! INSERT, UPDATE and DELETE, `ddl` turns CREATE TABLE into a descriptor and binds the split
+//! points of ALTER TABLE … SPLIT AT.
 
 mod ddl;
 mod dml;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use sqlparser::ast;
 
-pub use ddl::{bind_create_table, convert_data_type};
+pub use ddl::{bind_create_table, bind_split_points, convert_data_type, BoundSplitPoints};
 
 use crate::catalog::{TableDesc, TableSet};
 use crate::error::{Result, SqlError};

@@ -27,9 +27,17 @@ impl Binder<'_> {
         if q.with.is_some() {
             return Err(SqlError::unsupported("WITH (common table expressions)"));
         }
-        if q.fetch.is_some() || !q.locks.is_empty() || q.for_clause.is_some() {
+        if q.fetch.is_some() || q.for_clause.is_some() {
+            return Err(SqlError::unsupported("FETCH and FOR clauses"));
+        }
+        // FOR UPDATE / FOR SHARE need nothing here: the session runs such a query in a
+        // read-write transaction, whose reads lock what they read until commit.
+        if q.locks
+            .iter()
+            .any(|l| l.of.is_some() || l.nonblock.is_some())
+        {
             return Err(SqlError::unsupported(
-                "FETCH, FOR UPDATE/SHARE and FOR clauses",
+                "FOR UPDATE/SHARE OF, NOWAIT and SKIP LOCKED",
             ));
         }
         if q.settings.is_some() || q.format_clause.is_some() || !q.pipe_operators.is_empty() {

@@ -25,20 +25,21 @@ use pgwire::messages::response::{
 };
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::PgWireBackendMessage;
-use sqlparser::ast;
 use tokio::sync::Mutex;
 
 use super::codec;
 use crate::error::SqlError;
 use crate::plan::OutputColumn;
-use crate::session::{self, CommandTag, Description, Session, StatementResult, TransactionStatus};
+use crate::session::{
+    self, CommandTag, Description, Session, Statement, StatementResult, TransactionStatus,
+};
 use crate::store::Store;
 use crate::types::DataType;
 
 /// A statement prepared with Parse: the parsed statement and what Describe reports.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    statement: ast::Statement,
+    statement: Statement,
     description: Description,
 }
 

@@ -59,6 +59,7 @@ impl BenchCluster {
                 metrics_listen: Some(loopback()),
                 commit_wait,
                 failpoints: Default::default(),
+                lease: meridian_spanserver::server::DEFAULT_LEASE,
             };
             let (tx, rx_bound) = oneshot::channel();
             let (tt, rx) = (tt.clone(), stop_rx.clone());

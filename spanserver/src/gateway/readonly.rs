@@ -1,0 +1,153 @@
+//! A read-only transaction driven by the gateway: lock-free reads of one snapshot.
+//!
+//! The snapshot timestamp is fixed at the first read, from the [`ReadBound`]:
+//! - `Strong`: `TT.now().latest` at the gateway. Every transaction acknowledged before this one
+//!   began has a timestamp below it (its commit wait ended before the acknowledgement), so the
+//!   snapshot includes it: external consistency without locks.
+//! - `At(t)`, `ExactStaleness(d)`: `t`, or `TT.now().latest - d`.
+//! - `MaxStaleness(d)`: the freshest timestamp the nearest replica can serve without waiting,
+//!   if no older than `d`; else a strong read at the leader.
+//!
+//! Stale reads go to the nearest replica whose safe time covers the timestamp (one in this
+//! gateway's zone first, the leader otherwise); strong reads go to the leader, which can serve
+//! a fresh timestamp at once. Either way a read-only transaction never waits for a lock and
+//! never blocks a writer; it only waits for transactions prepared below its timestamp to
+//! resolve.
+
+use std::sync::Arc;
+
+use meridian_sql::store::{ReadBound, StoreError, Transaction};
+
+use super::Gateway;
+
+/// Rows fetched per scan RPC.
+const PAGE_ROWS: u32 = 1000;
+
+pub struct ReadOnlyTxn {
+    gateway: Arc<Gateway>,
+    bound: ReadBound,
+    read_ts: Option<u64>,
+    /// A write was attempted (a caller bug: the SQL layer refuses writes first).
+    wrote: bool,
+}
+
+impl ReadOnlyTxn {
+    pub fn new(gateway: Arc<Gateway>, bound: ReadBound) -> ReadOnlyTxn {
+        ReadOnlyTxn {
+            gateway,
+            bound,
+            read_ts: None,
+            wrote: false,
+        }
+    }
+
+    /// The timestamp to read at, and the staleness bound if it is still to be chosen by a
+    /// replica.
+    fn choose(&self) -> (u64, Option<std::time::Duration>) {
+        if let Some(ts) = self.read_ts {
+            return (ts, None);
+        }
+        let now = self.gateway.tt.now();
+        match self.bound {
+            ReadBound::Strong => (now.latest.0, None),
+            ReadBound::At(ts) => (ts, None),
+            ReadBound::ExactStaleness(d) => {
+                (now.latest.0.saturating_sub(d.as_nanos() as u64), None)
+            }
+            ReadBound::MaxStaleness(d) => (0, Some(d)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transaction for ReadOnlyTxn {
+    fn priority(&self) -> u64 {
+        0
+    }
+
+    fn read_ts(&self) -> Option<u64> {
+        self.read_ts
+    }
+
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut end = key.to_vec();
+        end.push(0);
+        let rows = self.scan(key, &end, Some(1)).await?;
+        Ok(rows
+            .into_iter()
+            .find(|(k, _)| k.as_slice() == key)
+            .map(|(_, v)| v))
+    }
+
+    async fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: Option<usize>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut cursor = start.to_vec();
+        while end.is_empty() || cursor.as_slice() < end {
+            let want = limit.map_or(PAGE_ROWS, |l| {
+                (l.saturating_sub(out.len()) as u32).clamp(1, PAGE_ROWS)
+            });
+            let (read_ts, staleness) = self.choose();
+            let nearby = !matches!(self.bound, ReadBound::Strong);
+            let (route, resp) = self
+                .gateway
+                .scan_snapshot(&cursor, end, want, read_ts, staleness, nearby)
+                .await?;
+            if resp.read_ts == 0 {
+                return Err(StoreError::Internal(
+                    "a snapshot read came back without its timestamp".into(),
+                ));
+            }
+            match self.read_ts {
+                None => self.read_ts = Some(resp.read_ts),
+                Some(ts) if ts != resp.read_ts => {
+                    return Err(StoreError::Internal(format!(
+                        "snapshot read at {} answered at {ts}",
+                        resp.read_ts
+                    )))
+                }
+                Some(_) => {}
+            }
+            out.extend(resp.rows.into_iter().map(|r| (r.key, r.value)));
+            if let Some(l) = limit {
+                if out.len() >= l {
+                    out.truncate(l);
+                    break;
+                }
+            }
+            let next = if resp.resume_key.is_empty() {
+                super::clip_end(&route, end)
+            } else {
+                resp.resume_key
+            };
+            if next.is_empty() {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(out)
+    }
+
+    fn put(&mut self, _key: Vec<u8>, _value: Vec<u8>) {
+        self.wrote = true;
+    }
+
+    fn delete(&mut self, _key: Vec<u8>) {
+        self.wrote = true;
+    }
+
+    async fn commit(&mut self) -> Result<Option<u64>, StoreError> {
+        if self.wrote {
+            return Err(StoreError::Internal(
+                "a read-only transaction was asked to write".into(),
+            ));
+        }
+        Ok(None)
+    }
+
+    async fn rollback(&mut self) {}
+}

@@ -1,0 +1,188 @@
+//! DDL: CREATE TABLE and DROP TABLE (catalog writes in transactions of their own, retried on
+//! conflict) and ALTER TABLE … SPLIT AT (a placement request to the store). The session has
+//! already refused them inside explicit and read-only transactions.
+
+use std::sync::Arc;
+
+use sqlparser::ast;
+
+use super::{
+    coerce_params, retry_backoff, CommandTag, Session, StatementResult, MAX_AUTOCOMMIT_RETRIES,
+};
+use crate::binder::{bind_create_table, bind_split_points, table_name, BoundSplitPoints};
+use crate::catalog::{self, read_tables, TableDesc};
+use crate::encoding::encode_key_datum;
+use crate::error::{Result, SqlError};
+use crate::expr::ScalarExpr;
+use crate::store::Store;
+use crate::types::{DataType, Datum};
+
+/// Reads `table`'s descriptor and binds the split points of `ALTER TABLE table SPLIT AT
+/// values` against its primary key.
+pub(super) async fn bind_split_at(
+    store: &dyn Store,
+    table: &ast::ObjectName,
+    values: &ast::Values,
+    param_types: &[DataType],
+) -> Result<(Arc<TableDesc>, BoundSplitPoints)> {
+    let name = table_name(table)?;
+    let tables = read_tables(store, std::slice::from_ref(&name)).await?;
+    let desc = tables
+        .get(&name)
+        .cloned()
+        .flatten()
+        .ok_or(SqlError::UndefinedTable(name))?;
+    let bound = bind_split_points(&desc, values, param_types)?;
+    Ok((desc, bound))
+}
+
+/// The storage key of each split point: the table's primary index prefix followed by the
+/// point's values in the key encoding rows use ([`crate::encoding`]), so a point naming a whole
+/// primary key equals the key of the row with that primary key, and a shorter one is a prefix
+/// of the keys of the rows that start with it.
+fn split_keys(
+    table: &TableDesc,
+    rows: &[Vec<ScalarExpr>],
+    params: &[Datum],
+) -> Result<Vec<Vec<u8>>> {
+    rows.iter()
+        .map(|row| {
+            let mut key = table.primary_prefix();
+            for (e, &column) in row.iter().zip(&table.primary_key) {
+                let value = e.eval(&[], params)?;
+                if value.is_null() {
+                    return Err(SqlError::NotNullViolation {
+                        table: table.name.clone(),
+                        column: table
+                            .columns
+                            .get(column)
+                            .map_or_else(String::new, |c| c.name.clone()),
+                    });
+                }
+                encode_key_datum(&mut key, &value)?;
+            }
+            Ok(key)
+        })
+        .collect()
+}
+
+impl Session {
+    /// `ALTER TABLE t SPLIT AT VALUES …`: asks the store to start a tablet at each point's key.
+    /// Splitting is idempotent, so a retryable failure is simply retried.
+    pub(super) async fn split_at(
+        &mut self,
+        table: &ast::ObjectName,
+        values: &ast::Values,
+        params: &[Datum],
+        param_types: &[DataType],
+    ) -> Result<StatementResult> {
+        let (desc, bound) = bind_split_at(self.store.as_ref(), table, values, param_types).await?;
+        let params = coerce_params(params, &bound.param_types)?;
+        let keys = split_keys(&desc, &bound.rows, &params)?;
+        let mut attempt = 0;
+        loop {
+            match self
+                .store
+                .split_at(keys.clone())
+                .await
+                .map_err(SqlError::from)
+            {
+                Err(e) if e.is_retryable() && attempt < MAX_AUTOCOMMIT_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(retry_backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(StatementResult::command(CommandTag::AlterTable)),
+            }
+        }
+    }
+
+    pub(super) async fn create_table(
+        &mut self,
+        create: &ast::CreateTable,
+    ) -> Result<StatementResult> {
+        let (mut desc, if_not_exists) = bind_create_table(create)?;
+        let mut id = None;
+        let mut attempt = 0;
+        loop {
+            let outcome: Result<Option<u64>> = async {
+                let mut txn = self.store.begin(None).await?;
+                if catalog::get_table(txn.as_mut(), &desc.name)
+                    .await?
+                    .is_some()
+                {
+                    txn.rollback().await;
+                    return if if_not_exists {
+                        Ok(None)
+                    } else {
+                        Err(SqlError::DuplicateTable(desc.name.clone()))
+                    };
+                }
+                let table_id = match id {
+                    Some(table_id) => table_id,
+                    None => {
+                        let table_id = self.store.create_table_range().await?;
+                        id = Some(table_id);
+                        table_id
+                    }
+                };
+                desc.id = table_id;
+                catalog::put_table(txn.as_mut(), &desc)?;
+                Ok(txn.commit().await?)
+            }
+            .await;
+            match outcome {
+                Err(e) if e.is_retryable() && attempt < MAX_AUTOCOMMIT_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(retry_backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+                Ok(ts) => {
+                    if ts.is_some() {
+                        self.last_commit_ts = ts;
+                    }
+                    return Ok(StatementResult::command(CommandTag::CreateTable));
+                }
+            }
+        }
+    }
+
+    /// Drops tables by deleting their descriptors. Their rows stay in storage, unreachable
+    /// (table ids are never reused), until range garbage collection exists.
+    pub(super) async fn drop_tables(
+        &mut self,
+        names: &[ast::ObjectName],
+        if_exists: bool,
+    ) -> Result<StatementResult> {
+        let names = names.iter().map(table_name).collect::<Result<Vec<_>>>()?;
+        let mut attempt = 0;
+        loop {
+            let outcome: Result<Option<u64>> = async {
+                let mut txn = self.store.begin(None).await?;
+                for name in &names {
+                    if catalog::get_table(txn.as_mut(), name).await?.is_some() {
+                        catalog::delete_table(txn.as_mut(), name);
+                    } else if !if_exists {
+                        txn.rollback().await;
+                        return Err(SqlError::UndefinedTable(name.clone()));
+                    }
+                }
+                Ok(txn.commit().await?)
+            }
+            .await;
+            match outcome {
+                Err(e) if e.is_retryable() && attempt < MAX_AUTOCOMMIT_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(retry_backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+                Ok(ts) => {
+                    if ts.is_some() {
+                        self.last_commit_ts = ts;
+                    }
+                    return Ok(StatementResult::command(CommandTag::DropTable));
+                }
+            }
+        }
+    }
+}

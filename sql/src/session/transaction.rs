@@ -1,0 +1,279 @@
+//! Transaction control (BEGIN, COMMIT, ROLLBACK, SET TRANSACTION) and running queries and DML
+//! in the right kind of storage transaction: the explicit one, or an autocommit read-only or
+//! read-write one with retries. See the module doc of [`super`] for the rules.
+
+use sqlparser::ast;
+
+use super::{
+    retry_backoff, run_statement, Access, CommandTag, OpenTxn, Session, StatementResult, TxnState,
+    MAX_AUTOCOMMIT_RETRIES,
+};
+use crate::error::{Result, SqlError};
+use crate::store::{ReadBound, Transaction};
+use crate::timestamp::AsOf;
+use crate::types::{DataType, Datum};
+
+/// The access mode a list of transaction modes asks for, if any (the last one wins, as in
+/// PostgreSQL). Isolation levels are accepted and ignored: every transaction is serializable,
+/// which any requested level permits.
+pub(super) fn requested_access(modes: &[ast::TransactionMode]) -> Option<Access> {
+    modes.iter().rev().find_map(|mode| match mode {
+        ast::TransactionMode::AccessMode(ast::TransactionAccessMode::ReadOnly) => {
+            Some(Access::ReadOnly)
+        }
+        ast::TransactionMode::AccessMode(ast::TransactionAccessMode::ReadWrite) => {
+            Some(Access::ReadWrite)
+        }
+        ast::TransactionMode::IsolationLevel(_) => None,
+    })
+}
+
+/// What a statement writes or locks, named for the 25006 message; `None` for a plain query.
+fn write_kind(stmt: &ast::Statement) -> Option<&'static str> {
+    fn query_locks(q: &ast::Query) -> Option<&'static str> {
+        if let Some(lock) = q.locks.first() {
+            return Some(match lock.lock_type {
+                ast::LockType::Update => "SELECT FOR UPDATE",
+                ast::LockType::Share => "SELECT FOR SHARE",
+            });
+        }
+        match q.body.as_ref() {
+            ast::SetExpr::Query(inner) => query_locks(inner),
+            _ => None,
+        }
+    }
+    match stmt {
+        ast::Statement::Insert(_) => Some("INSERT"),
+        ast::Statement::Update(_) => Some("UPDATE"),
+        ast::Statement::Delete(_) => Some("DELETE"),
+        ast::Statement::Query(q) => query_locks(q),
+        _ => None,
+    }
+}
+
+impl Session {
+    pub(super) async fn begin(
+        &mut self,
+        modes: &[ast::TransactionMode],
+        as_of: Option<AsOf>,
+    ) -> Result<StatementResult> {
+        if !matches!(self.txn, TxnState::Idle) {
+            // BEGIN inside a transaction only warns in PostgreSQL.
+            return Ok(StatementResult::command(CommandTag::Begin));
+        }
+        let access = match (requested_access(modes), as_of) {
+            (Some(Access::ReadWrite), Some(_)) => {
+                return Err(SqlError::unsupported(
+                    "AS OF SYSTEM TIME in a READ WRITE transaction",
+                ))
+            }
+            (_, Some(_)) => Access::ReadOnly,
+            (Some(access), None) => access,
+            (None, None) if self.default_read_only => Access::ReadOnly,
+            (None, None) => Access::ReadWrite,
+        };
+        let txn = self.start(access, as_of).await?;
+        self.txn = TxnState::Open(OpenTxn {
+            txn,
+            access,
+            as_of,
+            queried: false,
+        });
+        Ok(StatementResult::command(CommandTag::Begin))
+    }
+
+    /// Starts a storage transaction of the given kind for an explicit transaction.
+    async fn start(&mut self, access: Access, as_of: Option<AsOf>) -> Result<Box<dyn Transaction>> {
+        Ok(match access {
+            Access::ReadWrite => {
+                let priority = self.retry_priority.take();
+                self.store.begin(priority).await?
+            }
+            Access::ReadOnly => {
+                let bound = as_of.map_or_else(|| self.default_read_bound(), AsOf::bound);
+                self.store.begin_read_only(bound).await?
+            }
+        })
+    }
+
+    pub(super) async fn commit(&mut self) -> Result<StatementResult> {
+        match std::mem::replace(&mut self.txn, TxnState::Idle) {
+            TxnState::Idle => Ok(StatementResult::command(CommandTag::Commit)),
+            TxnState::Failed => Ok(StatementResult::command(CommandTag::Rollback)),
+            TxnState::Open(mut open) => {
+                match open.txn.commit().await {
+                    Ok(Some(ts)) => self.last_commit_ts = Some(ts),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let e = SqlError::from(e);
+                        if e.is_retryable() {
+                            self.retry_priority = Some(open.txn.priority());
+                        }
+                        return Err(e);
+                    }
+                }
+                Ok(StatementResult::command(CommandTag::Commit))
+            }
+        }
+    }
+
+    pub(super) async fn rollback(&mut self) -> Result<StatementResult> {
+        if let TxnState::Open(mut open) = std::mem::replace(&mut self.txn, TxnState::Idle) {
+            open.txn.rollback().await;
+        }
+        Ok(StatementResult::command(CommandTag::Rollback))
+    }
+
+    /// `SET TRANSACTION READ ONLY | READ WRITE` (or `SET transaction_read_only`): changes the
+    /// open transaction's mode before its first query by replacing its (unused) storage
+    /// transaction. Outside a transaction block it does nothing, as in PostgreSQL (which
+    /// warns).
+    pub(super) async fn set_transaction_access(&mut self, access: Access) -> Result<()> {
+        let (current, as_of, queried) = match &self.txn {
+            TxnState::Open(open) => (open.access, open.as_of, open.queried),
+            _ => return Ok(()),
+        };
+        if current == access {
+            return Ok(());
+        }
+        let mode = match access {
+            Access::ReadOnly => "READ ONLY",
+            Access::ReadWrite => "READ WRITE",
+        };
+        if queried {
+            return Err(SqlError::ActiveTransaction(format!(
+                "SET TRANSACTION {mode} must be called before any query"
+            )));
+        }
+        if as_of.is_some() {
+            return Err(SqlError::unsupported(
+                "AS OF SYSTEM TIME in a READ WRITE transaction",
+            ));
+        }
+        let txn = self.start(access, None).await?;
+        if let TxnState::Open(open) = &mut self.txn {
+            let mut old = std::mem::replace(&mut open.txn, txn);
+            old.rollback().await;
+            open.access = access;
+        }
+        Ok(())
+    }
+
+    // ---- queries and DML ----
+
+    pub(super) async fn run_dml(
+        &mut self,
+        stmt: &ast::Statement,
+        as_of: Option<AsOf>,
+        params: &[Datum],
+        param_types: &[DataType],
+    ) -> Result<StatementResult> {
+        let write = write_kind(stmt);
+        if let Some(as_of) = as_of {
+            if write.is_some() {
+                return Err(SqlError::unsupported(
+                    "AS OF SYSTEM TIME with FOR UPDATE or FOR SHARE",
+                ));
+            }
+            if !matches!(self.txn, TxnState::Idle) {
+                return Err(SqlError::ActiveTransaction(
+                    "AS OF SYSTEM TIME cannot be used on a SELECT inside a transaction block; \
+                     use BEGIN READ ONLY AS OF SYSTEM TIME … instead"
+                        .into(),
+                ));
+            }
+            return self
+                .autocommit(stmt, Some(as_of.bound()), params, param_types)
+                .await;
+        }
+        if let TxnState::Open(open) = &mut self.txn {
+            if open.access == Access::ReadOnly {
+                if let Some(what) = write {
+                    return Err(SqlError::ReadOnlyTransaction(what.into()));
+                }
+            }
+            open.queried = true;
+            let result = run_statement(
+                self.store.as_ref(),
+                open.txn.as_mut(),
+                stmt,
+                params,
+                param_types,
+            )
+            .await;
+            if open.access == Access::ReadOnly {
+                if let Some(ts) = open.txn.read_ts() {
+                    self.last_read_ts = Some(ts);
+                }
+            }
+            return result;
+        }
+        match write {
+            None => {
+                let bound = self.default_read_bound();
+                self.autocommit(stmt, Some(bound), params, param_types)
+                    .await
+            }
+            Some(what) if self.default_read_only => Err(SqlError::ReadOnlyTransaction(what.into())),
+            Some(_) => self.autocommit(stmt, None, params, param_types).await,
+        }
+    }
+
+    /// Runs `stmt` in a transaction of its own: read-only at `read_only` if given, else
+    /// read-write. Conflicts are retried (see the module doc of [`super`]).
+    async fn autocommit(
+        &mut self,
+        stmt: &ast::Statement,
+        read_only: Option<ReadBound>,
+        params: &[Datum],
+        param_types: &[DataType],
+    ) -> Result<StatementResult> {
+        let mut attempt = 0;
+        // Retries keep the first attempt's priority (wound-wait: they cannot starve).
+        let mut priority = match read_only {
+            Some(_) => None,
+            None => self.retry_priority.take(),
+        };
+        loop {
+            let outcome = async {
+                let mut txn = match read_only {
+                    Some(bound) => self.store.begin_read_only(bound).await?,
+                    None => {
+                        let txn = self.store.begin(priority).await?;
+                        priority = Some(txn.priority());
+                        txn
+                    }
+                };
+                match run_statement(self.store.as_ref(), txn.as_mut(), stmt, params, param_types)
+                    .await
+                {
+                    Ok(result) => {
+                        let committed = txn.commit().await?;
+                        if read_only.is_some() {
+                            if let Some(ts) = txn.read_ts() {
+                                self.last_read_ts = Some(ts);
+                            }
+                        }
+                        if let Some(ts) = committed {
+                            self.last_commit_ts = Some(ts);
+                        }
+                        Ok(result)
+                    }
+                    Err(e) => {
+                        txn.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match outcome {
+                Err(e) if e.is_retryable() && attempt < MAX_AUTOCOMMIT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "retrying autocommit statement");
+                    tokio::time::sleep(retry_backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
