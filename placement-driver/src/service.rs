@@ -89,6 +89,7 @@ impl Pd {
             end: t.end.clone(),
             replicas: t.replicas.clone(),
             leader_hint: inner.leaders.get(&t.group).map_or(0, |(_, s)| *s),
+            bootstrap: t.bootstrap,
         }
     }
 
@@ -150,6 +151,7 @@ impl Pd {
             start,
             end,
             replicas,
+            bootstrap: true,
         })
     }
 
@@ -188,6 +190,7 @@ impl Pd {
                 start: tablet.start.clone(),
                 end: tablet.end.clone(),
                 replicas: tablet.replicas.clone(),
+                bootstrap: tablet.bootstrap,
             };
             tasks.push(tokio::spawn(async move {
                 let call = async {
@@ -321,6 +324,7 @@ impl Pd {
                 start: right.start.clone(),
                 end: right.end.clone(),
                 replicas: right.replicas.clone(),
+                bootstrap: false,
             },
         );
         inner.durable.next_group_id = inner.durable.next_group_id.max(right.group_id + 1);
@@ -343,6 +347,7 @@ impl Pd {
                     start: r.start.clone(),
                     end: r.end.clone(),
                     replicas: parent.replicas.clone(),
+                    bootstrap: false,
                 };
                 Self::record_split(inner, parent.group, &right);
                 tracing::info!(

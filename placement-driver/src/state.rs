@@ -28,6 +28,10 @@ pub struct Tablet {
     /// Empty = unbounded.
     pub end: Vec<u8>,
     pub replicas: Vec<u64>,
+    /// Created from scratch by the PD (a table's first tablet), not by a split: its replicas
+    /// start from the group's initial state rather than waiting for a snapshot.
+    #[serde(default)]
+    pub bootstrap: bool,
 }
 
 /// Everything the PD must not forget.
@@ -139,6 +143,7 @@ mod tests {
                 start: vec![],
                 end: vec![0, 0, 0, 100],
                 replicas: vec![1],
+                bootstrap: true,
             },
         );
         s.next_table_id = 105;

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::gateway::{Gateway, GatewayStore};
 use crate::metrics::ServerMetrics;
-use crate::raft::driver::{self, DriverConfig, DriverHandle, Event, Registry};
+use crate::raft::driver::{self, Creation, DriverConfig, DriverHandle, Event, Registry};
 use crate::raft::transport::Transport;
 use crate::raft::{GroupId, ServerId};
 use crate::service::{EngineSlot, RaftService, TabletService};
@@ -390,8 +390,18 @@ async fn heartbeat_loop(
                     end: t.end,
                 },
                 peers: t.replicas,
+                generation: 0,
             };
-            driver.send(Event::CreateReplica { desc, reply: None });
+            let creation = if t.bootstrap {
+                Creation::Bootstrap
+            } else {
+                Creation::Join
+            };
+            driver.send(Event::CreateReplica {
+                desc,
+                creation,
+                reply: None,
+            });
         }
     }
 }

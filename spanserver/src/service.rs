@@ -19,10 +19,10 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::raft::driver::{
-    CommitError, DriverHandle, Event, Outcome, Registry, ReplicaShared, ResolverWork, TxnAnswer,
-    TxnCall, TxnOp,
+    CommitError, Creation, DriverHandle, Event, Outcome, Registry, ReplicaShared, ResolverWork,
+    TxnAnswer, TxnCall, TxnOp,
 };
-use crate::raft::GroupId;
+use crate::raft::{GroupId, ServerId};
 use crate::storage::engine::Engine;
 use crate::storage::mvcc;
 use crate::tablet::lock_table::Span;
@@ -223,6 +223,9 @@ async fn wait_safe(
     leader: bool,
     budget: Duration,
 ) -> Result<(), String> {
+    if leader && ts > replica.split_floor.load(Ordering::Acquire) {
+        return Err("the tablet is splitting; retry".into());
+    }
     let target = if leader {
         let mut state = replica.ts.lock();
         state.read_floor = state.read_floor.max(ts);
@@ -502,6 +505,82 @@ impl pb::tablet_server::Tablet for TabletService {
         }))
     }
 
+    async fn change_replicas(
+        &self,
+        request: Request<pb::ChangeReplicasRequest>,
+    ) -> Result<Response<pb::ChangeReplicasResponse>, Status> {
+        let req = request.into_inner();
+        let group = GroupId(req.group_id);
+        let fail = |e: CommitError| {
+            Ok(Response::new(pb::ChangeReplicasResponse {
+                error: commit_error(e, group),
+                replicas: Vec::new(),
+            }))
+        };
+        let replica = match self.leader_replica(group) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Response::new(pb::ChangeReplicasResponse {
+                    error: Some(e),
+                    replicas: Vec::new(),
+                }))
+            }
+        };
+        let mut target: Vec<u64> = replica
+            .desc
+            .peers
+            .iter()
+            .copied()
+            .filter(|p| !req.remove.contains(p))
+            .chain(req.add.iter().copied())
+            .collect();
+        target.sort_unstable();
+        target.dedup();
+        if target.is_empty() {
+            return Err(Status::invalid_argument("a group needs at least one voter"));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.driver.send(Event::ChangeMembers {
+            group,
+            add: req.add.iter().map(|s| ServerId(*s)).collect(),
+            remove: req.remove.iter().map(|s| ServerId(*s)).collect(),
+            reply: tx,
+        }) {
+            return fail(CommitError::NotLeader(None));
+        }
+        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => return fail(e),
+            _ => {
+                return fail(CommitError::Ambiguous(
+                    "the membership change's outcome is unknown".into(),
+                ))
+            }
+        }
+        // Joint consensus: wait for the leader to leave the joint configuration.
+        let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            let peers = self
+                .registry
+                .read()
+                .get(&group)
+                .map(|r| r.desc.peers.clone())
+                .unwrap_or_default();
+            if peers == target {
+                return Ok(Response::new(pb::ChangeReplicasResponse {
+                    error: None,
+                    replicas: peers,
+                }));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return fail(CommitError::Ambiguous(format!(
+                    "the group is at {peers:?}, not yet {target:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn split(
         &self,
         request: Request<pb::SplitRequest>,
@@ -532,13 +611,20 @@ impl pb::tablet_server::Tablet for TabletService {
                 end: req.end,
             },
             peers: req.replicas,
+            generation: 0,
         };
         if desc.peers.is_empty() {
             return Err(Status::invalid_argument("a replica needs peers"));
         }
+        let creation = if req.bootstrap {
+            Creation::Bootstrap
+        } else {
+            Creation::Join
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         if !self.driver.send(Event::CreateReplica {
             desc,
+            creation,
             reply: Some(tx),
         }) {
             return Err(Status::unavailable("server shutting down"));
@@ -597,6 +683,7 @@ impl TabletService {
                 start: d.range.start,
                 end: d.range.end,
                 replicas: d.peers,
+                bootstrap: false,
             }),
             None => Err(pb::TabletError {
                 kind: Some(Kind::Unavailable(

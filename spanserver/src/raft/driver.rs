@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use raft::prelude::{Entry, EntryType, Message};
 use tokio::sync::oneshot;
 
-use super::group::{RaftGroup, TICK_INTERVAL};
+use super::group::{self, RaftGroup, TICK_INTERVAL};
 use super::keys;
 use super::transport::Transport;
 use super::{GroupId, ServerId};
@@ -182,6 +182,13 @@ pub enum Event {
         new_group: u64,
         reply: TxnReply,
     },
+    /// Change a group's voters through joint consensus (at its leader).
+    ChangeMembers {
+        group: GroupId,
+        add: Vec<ServerId>,
+        remove: Vec<ServerId>,
+        reply: TxnReply,
+    },
     /// Give up every lease (graceful shutdown); answered with one receiver per release, each
     /// answered when the release has applied.
     ReleaseLeases {
@@ -190,10 +197,22 @@ pub enum Event {
     /// Host a replica (idempotent).
     CreateReplica {
         desc: ReplicaDescriptor,
+        creation: Creation,
         reply: Option<oneshot::Sender<Result<(), String>>>,
     },
     /// Stop the thread.
     Shutdown,
+}
+
+/// How a replica this server does not host yet comes to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// Its state is already on disk (restart, the right half of a split applied here).
+    Existing,
+    /// A group created from scratch: the replica starts from the group's initial state.
+    Bootstrap,
+    /// A replica added to an existing group: it starts empty and waits for a snapshot.
+    Join,
 }
 
 /// What request handlers on other threads may read about a hosted replica.
@@ -218,6 +237,9 @@ pub struct ReplicaShared {
     pub lock_holders: AtomicU64,
     /// Timestamp assignment at the leader, shared with readers that need a floor under it.
     pub ts: Mutex<TsState>,
+    /// While a split this leader proposed is in flight: no snapshot read above this timestamp
+    /// may be served (the new group's timestamps start just above it). `u64::MAX` otherwise.
+    pub split_floor: AtomicU64,
     /// While serving: when this leader's lease expires (ns); 0 otherwise. Readers check it
     /// against TrueTime themselves, so an expired lease stops reads at once.
     pub lease_expiration: AtomicU64,
@@ -239,6 +261,7 @@ impl ReplicaShared {
             min_prepared_ts: AtomicU64::new(self.min_prepared_ts.load(Ordering::Acquire)),
             lock_holders: AtomicU64::new(self.lock_holders.load(Ordering::Acquire)),
             lease_expiration: AtomicU64::new(self.lease_expiration.load(Ordering::Acquire)),
+            split_floor: AtomicU64::new(u64::MAX),
             ts: Mutex::new(TsState {
                 last_assigned: ts.last_assigned,
                 read_floor: ts.read_floor,
@@ -309,6 +332,11 @@ pub const INQUIRE_AFTER: Duration = Duration::from_secs(2);
 /// How long an abort decision is kept (commit decisions are kept until every participant has
 /// the outcome).
 pub const ABORT_DECISION_TTL: Duration = Duration::from_secs(600);
+/// A log is compacted once it holds this many applied entries...
+const COMPACT_AFTER: u64 = 1024;
+/// ...down to this many behind the applied index, so a replica a little behind still catches
+/// up from the log; one further behind gets a snapshot.
+const LOG_KEEP: u64 = 256;
 /// How often the driver runs its transaction housekeeping.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// A serving leader that proposed nothing for this long proposes a closed timestamp, so that
@@ -338,6 +366,10 @@ struct Replica {
     releasing: bool,
     me: ServerId,
     tt: Arc<dyn TrueTime>,
+    /// A membership change in flight: its log index and who waits for it.
+    pending_conf: Option<(u64, TxnReply)>,
+    /// A configuration without this server applied: the replica is to be destroyed.
+    removed: bool,
     max_applied_ts: Timestamp,
     applied_index: u64,
     pending: HashMap<u64, Pending>,
@@ -400,6 +432,11 @@ impl Replica {
         let leader = self.group.is_leader();
         if self.was_leader && !leader {
             self.releasing = false;
+            if let Some((_, reply)) = self.pending_conf.take() {
+                let _ = reply.send(Err(CommitError::Ambiguous(
+                    "leadership changed during the membership change".into(),
+                )));
+            }
             self.locks.clear();
             for (_, call) in self.waiting.drain() {
                 let _ = call
@@ -539,13 +576,14 @@ impl DriverLoop {
             })
             .collect();
         for desc in descs {
-            if let Err(e) = self.open_replica(desc.clone(), false) {
+            if let Err(e) = self.open_replica(desc.clone(), Creation::Existing) {
                 tracing::error!(group = desc.group, error = %e, "opening replica");
             }
         }
     }
 
-    fn open_replica(&mut self, desc: ReplicaDescriptor, new: bool) -> Result<(), String> {
+    fn open_replica(&mut self, desc: ReplicaDescriptor, creation: Creation) -> Result<(), String> {
+        let new = creation != Creation::Existing;
         let id = desc.group_id();
         if self.replicas.contains_key(&id) {
             return Ok(());
@@ -567,6 +605,18 @@ impl DriverLoop {
             let mut b = WriteBatch::new();
             let bytes = bincode::serialize(&desc).map_err(|e| e.to_string())?;
             b.put(Cf::Meta, keys::replica(id), bytes);
+            let fresh = engine
+                .get(Cf::Raft, &keys::hard_state(id))
+                .map_err(|e| e.to_string())?
+                .is_none();
+            if fresh {
+                let voters: Vec<ServerId> = desc.peers.iter().map(|p| ServerId(*p)).collect();
+                match creation {
+                    Creation::Bootstrap => group::write_initial_state(id, &voters, 0, &mut b),
+                    Creation::Join => group::write_uninitialized_state(id, &mut b),
+                    Creation::Existing => {}
+                }
+            }
             engine.write(b, true).map_err(|e| e.to_string())?;
         }
         let peers: Vec<ServerId> = desc.peers.iter().map(|p| ServerId(*p)).collect();
@@ -586,7 +636,7 @@ impl DriverLoop {
             Ok(_) => (0, 0),
             Err(e) => return Err(e.to_string()),
         };
-        if new && peers.first() == Some(&self.config.server) {
+        if creation == Creation::Bootstrap && peers.first() == Some(&self.config.server) {
             // Skip the first election timeout on a brand-new group.
             let _ = group.campaign();
         }
@@ -608,6 +658,7 @@ impl DriverLoop {
             min_prepared_ts: AtomicU64::new(records.min_prepare_ts()),
             lock_holders: AtomicU64::new(0),
             lease_expiration: AtomicU64::new(0),
+            split_floor: AtomicU64::new(u64::MAX),
             ts: Mutex::new(TsState {
                 last_assigned: max_applied_ts,
                 read_floor: 0,
@@ -632,6 +683,8 @@ impl DriverLoop {
                 releasing: false,
                 me: self.config.server,
                 tt: self.config.tt.clone(),
+                pending_conf: None,
+                removed: false,
                 max_applied_ts: Timestamp(max_applied_ts),
                 applied_index,
                 pending: HashMap::new(),
@@ -750,19 +803,40 @@ impl DriverLoop {
                     let _ = reply.send(answer);
                     return;
                 }
+                // Timestamps of the new group start above everything this leader assigned or
+                // promised readers; until the split applies, no read above that is served.
+                let floor = {
+                    let state = r.shared.ts.lock();
+                    state
+                        .last_assigned
+                        .max(state.read_floor)
+                        .max(r.max_applied_ts.0)
+                };
+                r.shared.split_floor.store(floor, Ordering::Release);
                 let command = Command::Split {
                     proposal: self.next_proposal,
                     at,
                     new_group,
+                    floor,
                 };
                 self.propose(group, command, ProposalKind::Split, 0, None, reply);
             }
+            Event::ChangeMembers {
+                group,
+                add,
+                remove,
+                reply,
+            } => self.change_members(group, &add, &remove, reply),
             Event::ReleaseLeases { reply } => {
                 let waits = self.release_leases();
                 let _ = reply.send(waits);
             }
-            Event::CreateReplica { desc, reply } => {
-                let result = self.open_replica(desc, true);
+            Event::CreateReplica {
+                desc,
+                creation,
+                reply,
+            } => {
+                let result = self.open_replica(desc, creation);
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
@@ -793,9 +867,15 @@ impl DriverLoop {
         let in_range = match &call.op {
             TxnOp::LockShared { spans } => spans.iter().all(|s| range.covers(&s.start, &s.end)),
             TxnOp::LockExclusive { keys } => keys.iter().all(|k| range.contains(k)),
-            TxnOp::Commit { mutations }
-            | TxnOp::Prepare { mutations, .. }
-            | TxnOp::Decide { mutations, .. } => tablet::all_in_range(range, mutations),
+            TxnOp::Prepare {
+                mutations, reads, ..
+            } => {
+                tablet::all_in_range(range, mutations)
+                    && reads.iter().all(|s| range.covers(&s.start, &s.end))
+            }
+            TxnOp::Commit { mutations } | TxnOp::Decide { mutations, .. } => {
+                tablet::all_in_range(range, mutations)
+            }
             _ => true,
         };
         if !in_range {
@@ -917,6 +997,7 @@ impl DriverLoop {
                 let ts = r.next_ts(tt.as_ref(), 0);
                 let command = Command::Commit {
                     proposal: self.next_proposal,
+                    generation: r.shared.desc.generation,
                     ts: ts.0,
                     mutations,
                 };
@@ -947,6 +1028,7 @@ impl DriverLoop {
                 };
                 let command = Command::Prepare {
                     proposal: self.next_proposal,
+                    generation: r.shared.desc.generation,
                     record,
                 };
                 (command, ProposalKind::Prepare, Some(ts))
@@ -970,6 +1052,7 @@ impl DriverLoop {
                 let ts = r.next_ts(tt.as_ref(), min_ts.saturating_add(1));
                 let command = Command::Decide {
                     proposal: self.next_proposal,
+                    generation: r.shared.desc.generation,
                     txn,
                     commit: true,
                     ts: ts.0,
@@ -1018,6 +1101,7 @@ impl DriverLoop {
     fn propose_abort_decision(&mut self, group: GroupId, txn: u64, reply: Option<TxnReply>) {
         let command = Command::Decide {
             proposal: self.next_proposal,
+            generation: 0,
             txn,
             commit: false,
             ts: 0,
@@ -1173,6 +1257,87 @@ impl DriverLoop {
                 oneshot::channel().0,
             );
         }
+    }
+
+    /// Proposes a membership change. The log is compacted to the applied index first, so an
+    /// added replica (which starts empty) is brought up by a snapshot.
+    fn change_members(
+        &mut self,
+        group: GroupId,
+        add: &[ServerId],
+        remove: &[ServerId],
+        reply: TxnReply,
+    ) {
+        let Some(r) = self.replicas.get_mut(&group) else {
+            let _ = reply.send(Err(CommitError::Unavailable(format!(
+                "no replica of {group} here"
+            ))));
+            return;
+        };
+        if !r.serving() {
+            let _ = reply.send(Err(CommitError::NotLeader(r.group.leader())));
+            return;
+        }
+        if r.pending_conf.is_some() || !r.group.conf_state().voters_outgoing.is_empty() {
+            let _ = reply.send(Err(CommitError::Unavailable(
+                "a membership change is already in progress".into(),
+            )));
+            return;
+        }
+        let (_, applied) = r.group.log_span();
+        let mut batch = WriteBatch::new();
+        if let Err(e) = r.group.compact(applied, &mut batch) {
+            let _ = reply.send(Err(CommitError::Internal(e.to_string())));
+            return;
+        }
+        if let Err(e) = self.config.engine.write(batch, false) {
+            let _ = reply.send(Err(CommitError::Internal(e.to_string())));
+            return;
+        }
+        match r.group.propose_change_members(add, remove) {
+            Ok(index) => r.pending_conf = Some((index, reply)),
+            Err(e) => {
+                let _ = reply.send(Err(CommitError::Unavailable(format!(
+                    "membership change dropped: {e}"
+                ))));
+            }
+        }
+    }
+
+    /// Deletes every trace of replicas whose group removed this server: its log and Raft
+    /// state, descriptor, transaction records and the data of its range.
+    fn destroy_removed(&mut self) -> Result<(), String> {
+        let removed: Vec<GroupId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.removed)
+            .map(|(g, _)| *g)
+            .collect();
+        for id in removed {
+            let Some(r) = self.replicas.remove(&id) else {
+                continue;
+            };
+            self.config.registry.write().remove(&id);
+            let engine = self.config.engine.as_ref();
+            let mut batch = WriteBatch::new();
+            let (start, end) = keys::group_range(id);
+            batch.delete_range(Cf::Raft, start, end);
+            batch.delete(Cf::Meta, keys::replica(id));
+            for (start, end) in [keys::prepared_range(id), keys::decisions_range(id)] {
+                batch.delete_range(Cf::Meta, start, end);
+            }
+            let range = &r.shared.desc.range;
+            let data_start = crate::storage::mvcc::encode_user_key(&range.start);
+            let data_end =
+                (!range.end.is_empty()).then(|| crate::storage::mvcc::encode_user_key(&range.end));
+            for item in engine.scan(Cf::Data, &data_start, data_end.as_deref()) {
+                let (key, _) = item.map_err(|e| e.to_string())?;
+                batch.delete(Cf::Data, key);
+            }
+            engine.write(batch, true).map_err(|e| e.to_string())?;
+            tracing::info!(group = id.0, "removed from the group: replica destroyed");
+        }
+        Ok(())
     }
 
     /// Gives up every lease this server serves under (graceful shutdown): stops serving at
@@ -1355,7 +1520,8 @@ impl DriverLoop {
         for r in self.replicas.values_mut() {
             r.sync_role();
         }
-        Ok(())
+        self.destroy_removed()?;
+        self.maintain_logs()
     }
 
     /// Phase 1 for every group with work: their new entries and hard states go into one batch,
@@ -1366,6 +1532,7 @@ impl DriverLoop {
     ) -> Result<Vec<GroupId>, String> {
         let mut persist = WriteBatch::new();
         let mut started = Vec::new();
+        let mut installed = Vec::new();
         for (id, r) in self.replicas.iter_mut() {
             if !r.group.has_ready() {
                 continue;
@@ -1374,6 +1541,18 @@ impl DriverLoop {
                 .group
                 .start_ready(&mut persist)
                 .map_err(|e| e.to_string())?;
+            if let Some(snap) = &out.snapshot {
+                // The state machine is replaced in the same durable batch as the log.
+                let index = snap.get_metadata().index;
+                let data = tablet::snapshot::install(
+                    self.config.engine.as_ref(),
+                    snap.get_data(),
+                    index,
+                    &mut persist,
+                )
+                .map_err(|e| format!("installing a snapshot of {id}: {e}"))?;
+                installed.push((*id, index, data));
+            }
             self.config.transport.send_all(*id, out.messages);
             if !out.committed.is_empty() {
                 committed.push((*id, out.committed));
@@ -1386,7 +1565,76 @@ impl DriverLoop {
                 .write(persist, true)
                 .map_err(|e| e.to_string())?;
         }
+        for (id, index, data) in installed {
+            self.after_snapshot(id, index, data)?;
+        }
         Ok(started)
+    }
+
+    /// After a snapshot is durable: the replica's in-memory state follows it.
+    fn after_snapshot(
+        &mut self,
+        id: GroupId,
+        index: u64,
+        data: tablet::snapshot::SnapshotData,
+    ) -> Result<(), String> {
+        let Some(r) = self.replicas.get_mut(&id) else {
+            return Ok(());
+        };
+        r.records = TxnRecords::load(self.config.engine.as_ref(), id)?;
+        r.lease = data.lease;
+        r.applied_index = index;
+        r.max_applied_ts = r.max_applied_ts.max(Timestamp(data.max_applied_ts));
+        r.inquired.clear();
+        let shared = Arc::new(r.shared.with_desc(data.desc));
+        shared
+            .max_applied_ts
+            .store(r.max_applied_ts.0, Ordering::Release);
+        shared.applied_index.store(index, Ordering::Release);
+        shared
+            .min_prepared_ts
+            .store(r.records.min_prepare_ts(), Ordering::Release);
+        self.config.registry.write().insert(id, shared.clone());
+        r.shared = shared;
+        tracing::info!(group = id.0, index, "installed a snapshot");
+        Ok(())
+    }
+
+    /// Compacts logs that have grown long behind their applied index, and builds the
+    /// snapshots leaders were asked for.
+    fn maintain_logs(&mut self) -> Result<(), String> {
+        let mut batch = WriteBatch::new();
+        for (id, r) in self.replicas.iter_mut() {
+            let (first, applied) = r.group.log_span();
+            if applied >= first + COMPACT_AFTER {
+                r.group
+                    .compact(applied - LOG_KEEP, &mut batch)
+                    .map_err(|e| e.to_string())?;
+            }
+            if r.group.wants_snapshot() {
+                let data = tablet::snapshot::build(
+                    self.config.engine.as_ref(),
+                    &r.shared.desc,
+                    &r.records,
+                    &r.lease,
+                    r.max_applied_ts.0,
+                )?;
+                tracing::info!(
+                    group = id.0,
+                    applied,
+                    bytes = data.len(),
+                    "built a snapshot"
+                );
+                r.group.offer_snapshot(data).map_err(|e| e.to_string())?;
+            }
+        }
+        if !batch.is_empty() {
+            self.config
+                .engine
+                .write(batch, false)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Adds the effects of every committed entry, and each group's applied index, to `batch`.
@@ -1403,7 +1651,9 @@ impl DriverLoop {
             let mut done = Vec::new();
             for e in entries {
                 r.applied_index = e.index;
-                if e.data.is_empty() {
+                // A new leader's empty entry carries nothing; an empty configuration change
+                // does (it leaves a joint configuration).
+                if e.data.is_empty() && e.get_entry_type() == EntryType::EntryNormal {
                     continue;
                 }
                 match e.get_entry_type() {
@@ -1413,11 +1663,24 @@ impl DriverLoop {
                         })?;
                         let desc = r.shared.desc.clone();
                         let result = tablet::apply(&desc, &mut r.records, batch, &cmd);
-                        if let Applied::Split { right, .. } = &result {
-                            // The new group starts above every timestamp this one applied.
-                            let mut value = 0u64.to_be_bytes().to_vec();
-                            value.extend_from_slice(&r.max_applied_ts.0.to_be_bytes());
-                            batch.put(Cf::Raft, keys::applied_index(right.group_id()), value);
+                        if let (Applied::Split { right, .. }, Command::Split { floor, .. }) =
+                            (&result, &cmd)
+                        {
+                            // The new group starts from its initial state with this group's
+                            // voters, above every timestamp this one applied.
+                            let voters: Vec<ServerId> = r
+                                .group
+                                .conf_state()
+                                .voters
+                                .iter()
+                                .map(|v| ServerId(*v))
+                                .collect();
+                            group::write_initial_state(
+                                right.group_id(),
+                                &voters,
+                                r.max_applied_ts.0.max(*floor),
+                                batch,
+                            );
                         }
                         let ts = match (&cmd, &result) {
                             (_, Applied::Committed { ts })
@@ -1437,8 +1700,44 @@ impl DriverLoop {
                             resolved,
                         });
                     }
-                    other => {
-                        tracing::warn!(group = id.0, entry_type = ?other, "ignoring configuration change entry");
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        let cs = r
+                            .group
+                            .apply_conf_change(&e, batch)
+                            .map_err(|err| format!("configuration change of {id}: {err}"))?;
+                        let mut peers: Vec<u64> = cs
+                            .voters
+                            .iter()
+                            .chain(cs.voters_outgoing.iter())
+                            .copied()
+                            .collect();
+                        peers.sort_unstable();
+                        peers.dedup();
+                        let removed = !peers.contains(&self.config.server.0)
+                            && !cs.learners.contains(&self.config.server.0);
+                        let desc = ReplicaDescriptor {
+                            peers,
+                            ..r.shared.desc.clone()
+                        };
+                        batch.put(
+                            Cf::Meta,
+                            keys::replica(id),
+                            bincode::serialize(&desc).map_err(|e| e.to_string())?,
+                        );
+                        tracing::info!(group = id.0, voters = ?cs.voters, outgoing = ?cs.voters_outgoing, "configuration changed");
+                        let shared = Arc::new(r.shared.with_desc(desc));
+                        self.config.registry.write().insert(id, shared.clone());
+                        r.shared = shared;
+                        if let Some((index, reply)) = r.pending_conf.take() {
+                            if e.index >= index {
+                                let _ = reply.send(Ok(TxnAnswer::default()));
+                            } else {
+                                r.pending_conf = Some((index, reply));
+                            }
+                        }
+                        if removed {
+                            r.removed = true;
+                        }
                     }
                 }
             }
@@ -1515,11 +1814,24 @@ impl DriverLoop {
                         ))
                     }
                     (_, Applied::Refused(m)) => {
+                        r.shared.split_floor.store(u64::MAX, Ordering::Release);
                         merge(&mut effects, r.locks.release(p.txn));
                         Err(CommitError::Conflict(m.clone()))
                     }
-                    (ProposalKind::Split, Applied::Split { .. } | Applied::Noop)
-                    | (ProposalKind::Lease, Applied::Lease(_)) => Ok(TxnAnswer::default()),
+                    (ProposalKind::Split, Applied::Split { .. } | Applied::Noop) => {
+                        r.shared.split_floor.store(u64::MAX, Ordering::Release);
+                        Ok(TxnAnswer::default())
+                    }
+                    (ProposalKind::Lease, Applied::Lease(_)) => Ok(TxnAnswer::default()),
+                    (ProposalKind::Prepare, Applied::Noop) => {
+                        match r.records.prepared.get(&p.txn) {
+                            Some(rec) => Ok(TxnAnswer {
+                                ts: rec.prepare_ts,
+                                ..Default::default()
+                            }),
+                            None => Err(CommitError::Internal("a prepare vanished".into())),
+                        }
+                    }
                     (ProposalKind::Prepare, Applied::Prepared { ts }) => Ok(TxnAnswer {
                         ts: *ts,
                         ..Default::default()
@@ -1587,7 +1899,7 @@ impl DriverLoop {
             r.start_serving();
         }
         let right_id = right.group_id();
-        if let Err(e) = self.open_replica(right, false) {
+        if let Err(e) = self.open_replica(right, Creation::Existing) {
             tracing::error!(group = right_id.0, error = %e, "opening the right half of a split");
             return;
         }

@@ -9,15 +9,22 @@
 //! 2. After the batch is durable, [`RaftGroup::finish_ready`] returns the messages that
 //!    acknowledge persisted state and any newly committed entries.
 //!
-//! The in-memory `MemStorage` is raft-rs's view of the log; the `Raft` column family is the
-//! durable copy it is rebuilt from by [`RaftGroup::open`].
+//! [`GroupStorage`] is raft-rs's view of the log; the `Raft` column family is the durable copy
+//! it is rebuilt from by [`RaftGroup::open`]. The log is compacted once applied
+//! ([`RaftGroup::compact`]); a replica that needs compacted entries gets a snapshot, whose
+//! state-machine part the driver builds and installs (this module handles the Raft part:
+//! [`ReadyOutput::snapshot`], [`RaftGroup::offer_snapshot`]). Membership changes go through
+//! joint consensus ([`RaftGroup::propose_change_members`], [`RaftGroup::apply_conf_change`]).
 
 use protobuf::Message as _;
-use raft::prelude::{ConfState, Entry, HardState, Message};
-use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole};
+use raft::prelude::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+    Entry, EntryType, HardState, Message, MessageType, Snapshot,
+};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
 use super::keys;
+use super::storage::GroupStorage;
 use super::{GroupId, ServerId};
 use crate::storage::engine::{Cf, Engine, EngineError, WriteBatch};
 
@@ -46,6 +53,9 @@ pub struct ReadyOutput {
     pub messages: Vec<Message>,
     /// Entries committed by a quorum, to apply in order.
     pub committed: Vec<Entry>,
+    /// A snapshot from the leader, already installed in the log state (and its Raft part in
+    /// the batch): the caller replaces the state machine with its data in the same batch.
+    pub snapshot: Option<Snapshot>,
 }
 
 /// Election timing of a group, in ticks.
@@ -73,7 +83,8 @@ impl Default for Timing {
 /// One replica of one Raft group.
 pub struct RaftGroup {
     id: GroupId,
-    node: RawNode<MemStorage>,
+    node: RawNode<GroupStorage>,
+    storage: GroupStorage,
     /// A taken `Ready` waiting for its batch to become durable.
     in_flight: Option<raft::Ready>,
     /// While leader: the index of the first entry of this leader's term. The leader serves only
@@ -104,13 +115,24 @@ impl RaftGroup {
         timing: Timing,
     ) -> Result<RaftGroup, GroupError> {
         let corrupt = |reason: String| GroupError::Corrupt { group, reason };
-        let voter_ids: Vec<u64> = voters.iter().map(|s| s.0).collect();
-        let storage = MemStorage::new_with_conf_state(ConfState::from((voter_ids, vec![])));
-
+        let truncated = match engine.get(Cf::Raft, &keys::truncated(group))? {
+            Some(b) if b.len() == 16 => (
+                keys::decode_u64(&b[..8]).unwrap_or(0),
+                keys::decode_u64(&b[8..]).unwrap_or(0),
+            ),
+            Some(_) => return Err(corrupt("truncation point".into())),
+            None => (0, 0),
+        };
+        let conf_state = match engine.get(Cf::Raft, &keys::conf_state(group))? {
+            Some(bytes) => {
+                ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?
+            }
+            None => ConfState::from((voters.iter().map(|s| s.0).collect::<Vec<_>>(), vec![])),
+        };
         let mut entries = Vec::new();
         for item in engine.scan(
             Cf::Raft,
-            &keys::entry(group, 0),
+            &keys::entry(group, truncated.0 + 1),
             Some(&keys::entries_end(group)),
         ) {
             let (_, value) = item?;
@@ -130,11 +152,8 @@ impl RaftGroup {
                 .ok_or_else(|| corrupt("applied index".into()))?,
             None => 0,
         };
-        {
-            let mut core = storage.wl();
-            core.append(&entries)?;
-            core.set_hardstate(hard_state.clone());
-        }
+        let storage = GroupStorage::new(hard_state.clone(), conf_state, truncated, entries)
+            .map_err(corrupt)?;
         if applied > hard_state.commit {
             return Err(corrupt(format!(
                 "applied {applied} > commit {}",
@@ -148,7 +167,7 @@ impl RaftGroup {
             heartbeat_tick: timing.heartbeat_ticks,
             min_election_tick: timing.min_election_ticks,
             max_election_tick: timing.max_election_ticks,
-            applied,
+            applied: applied.max(truncated.0),
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             check_quorum: true,
@@ -157,10 +176,11 @@ impl RaftGroup {
         };
         config.validate()?;
         let logger = logger.new(slog::o!("group" => group.0));
-        let node = RawNode::new(&config, storage, &logger)?;
+        let node = RawNode::new(&config, storage.clone(), &logger)?;
         Ok(RaftGroup {
             id: group,
             node,
+            storage,
             in_flight: None,
             term_start_index: None,
         })
@@ -236,18 +256,34 @@ impl RaftGroup {
         }
         out.messages = ready.take_messages();
         if !ready.snapshot().is_empty() {
-            // Snapshots are never produced: the log is never compacted (see the module doc).
-            return Err(GroupError::Corrupt {
-                group: self.id,
-                reason: "received a snapshot, which this version cannot install".into(),
-            });
+            let snapshot = ready.snapshot().clone();
+            let meta = snapshot.get_metadata();
+            // The log restarts after the snapshot: every older entry goes.
+            batch.delete_range(
+                Cf::Raft,
+                keys::entry(self.id, 0),
+                keys::entries_end(self.id),
+            );
+            batch.put(
+                Cf::Raft,
+                keys::truncated(self.id),
+                encode_pair(meta.index, meta.term),
+            );
+            batch.put(
+                Cf::Raft,
+                keys::conf_state(self.id),
+                meta.get_conf_state()
+                    .write_to_bytes()
+                    .map_err(|e| self.corrupt(e))?,
+            );
+            self.storage.install_snapshot(&snapshot);
+            out.snapshot = Some(snapshot);
         }
         out.committed = ready.take_committed_entries();
         let entries = ready.entries();
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             // Entries after the new tail were overwritten by a new leader: remove them too.
-            let old_last =
-                raft::Storage::last_index(self.node.store()).map_err(GroupError::Raft)?;
+            let old_last = self.storage.last_index();
             for e in entries.iter() {
                 batch.put(
                     Cf::Raft,
@@ -263,7 +299,7 @@ impl RaftGroup {
                 );
             }
             debug_assert!(first.index <= last.index);
-            self.node.mut_store().wl().append(entries)?;
+            self.storage.append(entries).map_err(|e| self.corrupt(e))?;
         }
         if let Some(hs) = ready.hs() {
             batch.put(
@@ -271,9 +307,10 @@ impl RaftGroup {
                 keys::hard_state(self.id),
                 hs.write_to_bytes().map_err(|e| self.corrupt(e))?,
             );
-            self.node.mut_store().wl().set_hardstate(hs.clone());
+            self.storage.set_hard_state(hs.clone());
         }
         self.in_flight = Some(ready);
+        self.report_snapshots_sent(&out.messages);
         Ok(out)
     }
 
@@ -289,12 +326,12 @@ impl RaftGroup {
             return Ok(out);
         };
         out.messages = ready.take_persisted_messages();
-        let mut light = self.node.advance(ready);
+        // Not `advance`: that would count the ready's committed entries as applied before the caller
+        // applies them, and raft-rs acts on the applied index (leaving a joint configuration).
+        let mut light = self.node.advance_append(ready);
         if let Some(commit) = light.commit_index() {
-            let mut store = self.node.mut_store().wl();
-            store.mut_hard_state().set_commit(commit);
-            let hs = store.hard_state().clone();
-            drop(store);
+            self.storage.set_commit(commit);
+            let hs = self.storage.hard_state();
             apply_batch.put(
                 Cf::Raft,
                 keys::hard_state(self.id),
@@ -303,7 +340,126 @@ impl RaftGroup {
         }
         out.messages.extend(light.take_messages());
         out.committed = light.take_committed_entries();
+        self.report_snapshots_sent(&out.messages);
         Ok(out)
+    }
+
+    /// A snapshot handed to the transport counts as sent: the leader then probes the replica,
+    /// and sends another if it never arrived.
+    fn report_snapshots_sent(&mut self, messages: &[Message]) {
+        for m in messages {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.node.report_snapshot(m.to, SnapshotStatus::Finish);
+            }
+        }
+    }
+
+    /// Compacts the log up to and including `index` (applied), in memory and in `batch`.
+    pub fn compact(&mut self, index: u64, batch: &mut WriteBatch) -> Result<(), GroupError> {
+        let applied = self.node.raft.raft_log.applied;
+        if index > applied || index <= self.storage.truncated().0 {
+            return Ok(());
+        }
+        let Some(term) = self.storage.term_of(index) else {
+            return Ok(());
+        };
+        self.storage.compact(index).map_err(|e| self.corrupt(e))?;
+        batch.delete_range(
+            Cf::Raft,
+            keys::entry(self.id, 0),
+            keys::entry(self.id, index + 1),
+        );
+        batch.put(Cf::Raft, keys::truncated(self.id), encode_pair(index, term));
+        Ok(())
+    }
+
+    /// The first index still in the log and the last applied one.
+    pub fn log_span(&self) -> (u64, u64) {
+        (self.storage.first_index(), self.node.raft.raft_log.applied)
+    }
+
+    /// True when raft-rs wants a snapshot to send that is not built yet.
+    pub fn wants_snapshot(&self) -> bool {
+        self.storage.snapshot_wanted()
+    }
+
+    /// Offers a snapshot of the state machine at the applied index, whose data is `data`.
+    pub fn offer_snapshot(&mut self, data: Vec<u8>) -> Result<(), GroupError> {
+        let applied = self.node.raft.raft_log.applied;
+        let term = self
+            .storage
+            .term_of(applied)
+            .ok_or_else(|| self.corrupt(format!("no term for applied index {applied}")))?;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(self.storage.conf_state());
+        self.storage.offer_snapshot(snapshot);
+        Ok(())
+    }
+
+    /// Proposes a membership change through joint consensus: `add` become voters, `remove`
+    /// stop being voters; raft-rs leaves the joint configuration by itself once it applies.
+    pub fn propose_change_members(
+        &mut self,
+        add: &[ServerId],
+        remove: &[ServerId],
+    ) -> Result<u64, raft::Error> {
+        if self.node.raft.state != StateRole::Leader {
+            return Err(raft::Error::ProposalDropped);
+        }
+        let mut changes = Vec::new();
+        for (ids, kind) in [
+            (add, ConfChangeType::AddNode),
+            (remove, ConfChangeType::RemoveNode),
+        ] {
+            for id in ids {
+                let mut c = ConfChangeSingle::default();
+                c.set_change_type(kind);
+                c.node_id = id.0;
+                changes.push(c);
+            }
+        }
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.set_changes(changes.into());
+        self.node.propose_conf_change(vec![], cc)?;
+        Ok(self.node.raft.raft_log.last_index())
+    }
+
+    /// Applies a committed configuration-change entry; persists and returns the new
+    /// configuration.
+    pub fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+        batch: &mut WriteBatch,
+    ) -> Result<ConfState, GroupError> {
+        let cs = match entry.get_entry_type() {
+            EntryType::EntryConfChangeV2 => {
+                let cc =
+                    ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| self.corrupt(e))?;
+                self.node.apply_conf_change(&cc)?
+            }
+            EntryType::EntryConfChange => {
+                let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| self.corrupt(e))?;
+                self.node.apply_conf_change(&cc)?
+            }
+            EntryType::EntryNormal => return Err(self.corrupt("not a configuration change")),
+        };
+        self.storage.set_conf_state(cs.clone());
+        batch.put(
+            Cf::Raft,
+            keys::conf_state(self.id),
+            cs.write_to_bytes().map_err(|e| self.corrupt(e))?,
+        );
+        Ok(cs)
+    }
+
+    /// The current configuration.
+    pub fn conf_state(&self) -> ConfState {
+        self.storage.conf_state()
     }
 
     /// Records that every entry returned so far has been applied.
@@ -322,6 +478,65 @@ impl RaftGroup {
             reason: e.to_string(),
         }
     }
+}
+
+/// Every group created from scratch (a new table, the right half of a split) starts with its
+/// log truncated at this index and term, as if a snapshot of its initial state had been
+/// installed there. A replica added later has no state at all ([`write_uninitialized_state`]),
+/// so it cannot catch up from the log alone: the leader sends it a snapshot, which carries
+/// the data the group started with.
+pub const INITIAL_INDEX: u64 = 5;
+
+/// Writes the initial state of a replica of a group created from scratch with `voters`, whose
+/// timestamps start above `max_applied_ts`. Every founding replica writes the same.
+pub fn write_initial_state(
+    group: GroupId,
+    voters: &[ServerId],
+    max_applied_ts: u64,
+    batch: &mut WriteBatch,
+) {
+    let hs = HardState {
+        term: INITIAL_INDEX,
+        commit: INITIAL_INDEX,
+        ..Default::default()
+    };
+    let cs = ConfState::from((voters.iter().map(|s| s.0).collect::<Vec<_>>(), vec![]));
+    batch.put(
+        Cf::Raft,
+        keys::truncated(group),
+        encode_pair(INITIAL_INDEX, INITIAL_INDEX),
+    );
+    batch.put(
+        Cf::Raft,
+        keys::hard_state(group),
+        hs.write_to_bytes().unwrap_or_default(),
+    );
+    batch.put(
+        Cf::Raft,
+        keys::conf_state(group),
+        cs.write_to_bytes().unwrap_or_default(),
+    );
+    batch.put(
+        Cf::Raft,
+        keys::applied_index(group),
+        encode_pair(INITIAL_INDEX, max_applied_ts),
+    );
+}
+
+/// Writes the state of a replica added to an existing group: no log and no configuration; it
+/// waits for the leader's snapshot.
+pub fn write_uninitialized_state(group: GroupId, batch: &mut WriteBatch) {
+    batch.put(
+        Cf::Raft,
+        keys::conf_state(group),
+        ConfState::default().write_to_bytes().unwrap_or_default(),
+    );
+}
+
+fn encode_pair(a: u64, b: u64) -> Vec<u8> {
+    let mut v = a.to_be_bytes().to_vec();
+    v.extend_from_slice(&b.to_be_bytes());
+    v
 }
 
 #[cfg(test)]

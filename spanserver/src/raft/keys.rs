@@ -5,7 +5,11 @@
 //! - `g 0x02` → the group's `HardState`;
 //! - `g 0x03` → the applied index and the largest commit timestamp applied (8 bytes big-endian
 //!   each), written atomically with the applied entries' effects;
-//! - `g 0x04` → the group's leader lease as last applied (`tablet::Lease`).
+//! - `g 0x04` → the group's leader lease as last applied (`tablet::Lease`);
+//! - `g 0x05` → index and term (8 bytes big-endian each) of the last log entry compacted away or
+//!   replaced by a snapshot: the log resumes after it;
+//! - `g 0x06` → the group's configuration (a raft-rs `ConfState`) as of the applied index, once
+//!   it differs from the initial voters (membership changes, snapshots).
 //!
 //! `Meta` CF:
 //! - `0x01 g` → the replica's descriptor (range and peers), one per hosted replica;
@@ -20,6 +24,8 @@ const ENTRY: u8 = 0x01;
 const HARD_STATE: u8 = 0x02;
 const APPLIED: u8 = 0x03;
 const LEASE: u8 = 0x04;
+const TRUNCATED: u8 = 0x05;
+const CONF_STATE: u8 = 0x06;
 const REPLICA: u8 = 0x01;
 const PREPARED: u8 = 0x02;
 const DECISION: u8 = 0x03;
@@ -53,6 +59,24 @@ pub fn applied_index(group: GroupId) -> Vec<u8> {
 
 pub fn lease(group: GroupId) -> Vec<u8> {
     group_prefix(group, LEASE)
+}
+
+pub fn truncated(group: GroupId) -> Vec<u8> {
+    group_prefix(group, TRUNCATED)
+}
+
+pub fn conf_state(group: GroupId) -> Vec<u8> {
+    group_prefix(group, CONF_STATE)
+}
+
+/// Every key of `group` in the `Raft` column family.
+pub fn group_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let start = group.0.to_be_bytes().to_vec();
+    let end = match group.0.checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => vec![0xff; 9],
+    };
+    (start, end)
 }
 
 /// The key of a hosted replica's descriptor in the `Meta` CF.

@@ -32,6 +32,7 @@
 pub mod driver;
 pub mod group;
 pub mod keys;
+pub mod storage;
 pub mod transport;
 
 /// Identifies a Raft group (one per tablet).

@@ -31,6 +31,7 @@
 //! `min(max applied timestamp, smallest prepare timestamp in doubt - 1)`.
 
 pub mod lock_table;
+pub mod snapshot;
 
 use meridian_truetime::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,10 @@ pub struct ReplicaDescriptor {
     pub group: u64,
     pub range: KeyRange,
     pub peers: Vec<u64>,
+    /// Bumped by every split of this group: a write proposed under an older generation is
+    /// refused when it applies, since the locks and range it was checked against are gone.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl ReplicaDescriptor {
@@ -191,18 +196,21 @@ pub enum Command {
     /// A single-group commit: apply `mutations` at `ts`.
     Commit {
         proposal: u64,
+        generation: u64,
         ts: u64,
         mutations: Vec<Mutation>,
     },
     /// Two-phase commit, participant: the transaction is prepared at `record.prepare_ts`.
     Prepare {
         proposal: u64,
+        generation: u64,
         record: PreparedRecord,
     },
     /// Two-phase commit, coordinator: the outcome. A commit applies the coordinator's own
     /// `mutations` at `ts`.
     Decide {
         proposal: u64,
+        generation: u64,
         txn: u64,
         commit: bool,
         ts: u64,
@@ -230,6 +238,9 @@ pub enum Command {
         proposal: u64,
         at: Vec<u8>,
         new_group: u64,
+        /// The proposing leader's timestamp floor (assigned and promised to readers): the new
+        /// group's timestamps start above it.
+        floor: u64,
     },
 }
 
@@ -267,7 +278,7 @@ pub enum Applied {
     /// The transaction is aborted here (an abort decision or resolution, or a commit decision
     /// refused because an abort was already logged).
     Aborted,
-    /// Nothing to do (a repeated resolution, a forget of an unknown record).
+    /// Nothing more to do (a repeated resolution or prepare, a forget).
     Noop,
     /// A closed timestamp.
     Closed { ts: u64 },
@@ -296,6 +307,20 @@ pub fn apply(
     command: &Command,
 ) -> Applied {
     let group = desc.group_id();
+    let stale = |generation: &u64| *generation != desc.generation;
+    match command {
+        Command::Commit { generation, .. }
+        | Command::Prepare { generation, .. }
+        | Command::Decide {
+            generation,
+            commit: true,
+            ..
+        } if stale(generation) => {
+            return Applied::Refused("the tablet's range changed (split)".into())
+        }
+        _ => {}
+    }
+    // Belt and braces: the generation already covers writes proposed before a split.
     let outside = |mutations: &[Mutation]| !all_in_range(&desc.range, mutations);
     match command {
         Command::Commit { mutations, .. }
@@ -305,6 +330,14 @@ pub fn apply(
         }
         | Command::Decide { mutations, .. }
             if outside(mutations) =>
+        {
+            return Applied::Refused("the tablet's range changed (split)".into())
+        }
+        Command::Prepare { record, .. }
+            if !record
+                .reads
+                .iter()
+                .all(|r| desc.range.covers(&r.start, &r.end)) =>
         {
             return Applied::Refused("the tablet's range changed (split)".into())
         }
@@ -411,6 +444,9 @@ fn split(
     if at <= desc.range.start.as_slice() || !desc.range.contains(at) {
         return Applied::Refused("the split key is not inside the tablet's range".into());
     }
+    if new_group == desc.group {
+        return Applied::Refused("a split needs a new group id".into());
+    }
     let right_range = KeyRange {
         start: at.to_vec(),
         end: desc.range.end.clone(),
@@ -431,11 +467,13 @@ fn split(
             end: at.to_vec(),
         },
         peers: desc.peers.clone(),
+        generation: desc.generation + 1,
     };
     let right = ReplicaDescriptor {
         group: new_group,
         range: right_range,
         peers: desc.peers.clone(),
+        generation: 0,
     };
     for d in [&left, &right] {
         batch.put(
@@ -464,3 +502,6 @@ fn write_mutations(batch: &mut WriteBatch, mutations: &[Mutation], ts: u64) {
 pub fn all_in_range(range: &KeyRange, mutations: &[Mutation]) -> bool {
     mutations.iter().all(|m| range.contains(&m.key))
 }
+
+#[cfg(test)]
+mod scenario;
