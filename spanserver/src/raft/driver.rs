@@ -1879,8 +1879,7 @@ impl DriverLoop {
 
     /// After a split applied (its descriptors are durable): the parent takes its new range and
     /// the new group opens here. A leader of the parent drops every transaction's locks (they
-    /// may cover the moved part; those transactions abort and retry) and campaigns for the new
-    /// group so that its leadership starts where the parent's was.
+    /// may cover the moved part; those transactions abort and retry).
     fn finish_split(&mut self, parent: GroupId, left: ReplicaDescriptor, right: ReplicaDescriptor) {
         let Some(r) = self.replicas.get_mut(&parent) else {
             return;
@@ -1899,11 +1898,18 @@ impl DriverLoop {
             r.start_serving();
         }
         let right_id = right.group_id();
+        let right_peers = right.peers.clone();
         if let Err(e) = self.open_replica(right, Creation::Existing) {
             tracing::error!(group = right_id.0, error = %e, "opening the right half of a split");
             return;
         }
-        if was_serving {
+        // One replica campaigns at once rather than waiting out an election timeout; which one
+        // depends on the new group's id, so successive splits spread leadership over the
+        // replicas instead of piling it on the parent's leader.
+        let mut peers = right_peers;
+        peers.sort_unstable();
+        let chosen = peers.get((right_id.0 % peers.len().max(1) as u64) as usize);
+        if chosen == Some(&self.config.server.0) {
             if let Some(child) = self.replicas.get_mut(&right_id) {
                 let _ = child.group.campaign();
             }
