@@ -24,6 +24,8 @@ pub mod logging;
 pub mod metrics;
 pub mod raft;
 pub mod resolver;
+#[cfg(test)]
+mod scenarios;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -27,11 +27,9 @@
 //! Old versions and tombstones are never collected (there is no GC horizon), which is fine
 //! for tests.
 //!
-//! Like the spanserver's gateway before 2PC, a read-write transaction whose reads and writes
-//! touch more than one tablet fails at commit with [`StoreError::NotSupported`]: each user
-//! table is its own tablet and all system tables (ids below [`FIRST_USER_TABLE_ID`]) share one.
-//! Tests can turn that off with [`MemStore::allow_multi_tablet`] and can make the next
-//! read-write commits fail with [`MemStore::fail_next_commits`] to exercise retry paths.
+//! A read-write transaction may touch any keys (the gateway commits transactions across
+//! tablets with two-phase commit). Tests can make the next read-write commits fail with
+//! [`MemStore::fail_next_commits`] to exercise retry paths.
 //! [`Store::split_at`] only records its keys ([`MemStore::split_keys`]): tablets here are fixed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -41,7 +39,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use crate::store::{table_prefix, ReadBound, Store, StoreError, Transaction, FIRST_USER_TABLE_ID};
+use crate::store::{ReadBound, Store, StoreError, Transaction, FIRST_USER_TABLE_ID};
 
 /// One committed version of a key.
 #[derive(Debug, Clone)]
@@ -61,7 +59,6 @@ struct Inner {
     next_table_id: u32,
     /// Commits still to fail with `Retryable` (test hook).
     fail_commits: usize,
-    allow_multi_tablet: bool,
     /// Keys passed to `split_at`.
     split_keys: BTreeSet<Vec<u8>>,
 }
@@ -124,11 +121,6 @@ impl MemStore {
                 ..Inner::default()
             })),
         }
-    }
-
-    /// Lets transactions span tablets (the real gateway cannot yet).
-    pub fn allow_multi_tablet(&self, allow: bool) {
-        self.lock().allow_multi_tablet = allow;
     }
 
     /// Makes the next `n` read-write commits fail with [`StoreError::Retryable`].
@@ -224,20 +216,6 @@ struct MemTransaction {
     done: bool,
 }
 
-/// The tablet a key belongs to: its table id for user tables, 0 for the system tablet.
-fn tablet_of(key: &[u8]) -> u32 {
-    let mut id = [0u8; 4];
-    for (slot, b) in id.iter_mut().zip(key) {
-        *slot = *b;
-    }
-    let id = u32::from_be_bytes(id);
-    if id < FIRST_USER_TABLE_ID {
-        0
-    } else {
-        id
-    }
-}
-
 fn key_range(start: &[u8], end: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     (
         Bound::Included(start.to_vec()),
@@ -294,25 +272,6 @@ impl MemTransaction {
         } else {
             Ok(())
         }
-    }
-
-    fn tablets(&self) -> BTreeSet<u32> {
-        let mut tablets = BTreeSet::new();
-        tablets.extend(self.reads.keys().map(|k| tablet_of(k)));
-        tablets.extend(self.writes.keys().map(|k| tablet_of(k)));
-        for scan in &self.scans {
-            let first = tablet_of(&scan.start);
-            tablets.insert(first);
-            let first_end = if first == 0 {
-                table_prefix(FIRST_USER_TABLE_ID)
-            } else {
-                table_prefix(first.saturating_add(1))
-            };
-            if scan.end > first_end {
-                tablets.insert(tablet_of(&scan.end));
-            }
-        }
-        tablets
     }
 
     fn validate(&self, inner: &Inner) -> Result<(), StoreError> {
@@ -411,11 +370,6 @@ impl Transaction for MemTransaction {
         if inner.fail_commits > 0 {
             inner.fail_commits -= 1;
             return Err(StoreError::Retryable("injected conflict".into()));
-        }
-        if !inner.allow_multi_tablet && self.tablets().len() > 1 {
-            return Err(StoreError::NotSupported(
-                "transactions spanning more than one tablet (2PC)".into(),
-            ));
         }
         self.validate(&inner)?;
         if self.writes.is_empty() {
@@ -545,6 +499,7 @@ impl Transaction for MemSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::table_prefix;
 
     fn k(table: u32, rest: &[u8]) -> Vec<u8> {
         let mut key = table_prefix(table);
@@ -598,16 +553,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn multi_tablet_transactions_are_refused() {
+    async fn transactions_may_span_tablets() {
         let store = MemStore::new();
         let mut t = store.begin(None).await.unwrap();
         t.get(&k(1, b"catalog")).await.unwrap();
         t.put(k(100, b"row"), b"v".to_vec());
-        assert!(matches!(t.commit().await, Err(StoreError::NotSupported(_))));
-
-        let mut t = store.begin(None).await.unwrap();
-        t.scan(&k(100, b""), &k(101, b""), None).await.unwrap();
-        t.put(k(100, b"row"), b"v".to_vec());
+        t.put(k(101, b"row"), b"w".to_vec());
         assert!(t.commit().await.is_ok());
     }
 

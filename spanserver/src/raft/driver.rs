@@ -780,14 +780,8 @@ impl DriverLoop {
                 new_group,
                 reply,
             } => {
-                let Some(r) = self.replicas.get(&group) else {
-                    let _ = reply.send(Err(CommitError::Unavailable(format!(
-                        "no replica of {group} here"
-                    ))));
-                    return;
-                };
-                if !r.serving() {
-                    let _ = reply.send(Err(CommitError::NotLeader(r.group.leader())));
+                if let Err(e) = serving_leader(&mut self.replicas, group) {
+                    let _ = reply.send(Err(e));
                     return;
                 }
                 if let Some(existing) = self.replicas.get(&GroupId(new_group)) {
@@ -805,6 +799,9 @@ impl DriverLoop {
                 }
                 // Timestamps of the new group start above everything this leader assigned or
                 // promised readers; until the split applies, no read above that is served.
+                let Some(r) = self.replicas.get(&group) else {
+                    return;
+                };
                 let floor = {
                     let state = r.shared.ts.lock();
                     state
@@ -848,21 +845,13 @@ impl DriverLoop {
     /// Runs a transaction step at a leader, or parks it until its locks are granted.
     fn txn(&mut self, call: TxnCall) {
         let group = call.group;
-        let Some(r) = self.replicas.get_mut(&group) else {
-            let _ = call.reply.send(Err(CommitError::Unavailable(format!(
-                "no replica of {group} here"
-            ))));
-            return;
+        let r = match serving_leader(&mut self.replicas, group) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = call.reply.send(Err(e));
+                return;
+            }
         };
-        if !r.serving() {
-            let err = if r.group.is_leader() {
-                CommitError::Unavailable("new leader still applying earlier terms".into())
-            } else {
-                CommitError::NotLeader(r.group.leader())
-            };
-            let _ = call.reply.send(Err(err));
-            return;
-        }
         let range = &r.shared.desc.range;
         let in_range = match &call.op {
             TxnOp::LockShared { spans } => spans.iter().all(|s| range.covers(&s.start, &s.end)),
@@ -1268,16 +1257,13 @@ impl DriverLoop {
         remove: &[ServerId],
         reply: TxnReply,
     ) {
-        let Some(r) = self.replicas.get_mut(&group) else {
-            let _ = reply.send(Err(CommitError::Unavailable(format!(
-                "no replica of {group} here"
-            ))));
-            return;
+        let r = match serving_leader(&mut self.replicas, group) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
         };
-        if !r.serving() {
-            let _ = reply.send(Err(CommitError::NotLeader(r.group.leader())));
-            return;
-        }
         if r.pending_conf.is_some() || !r.group.conf_state().voters_outgoing.is_empty() {
             let _ = reply.send(Err(CommitError::Unavailable(
                 "a membership change is already in progress".into(),
@@ -1916,6 +1902,29 @@ impl DriverLoop {
         }
         tracing::info!(parent = parent.0, child = right_id.0, "split applied");
     }
+}
+
+/// The replica of `group` if it serves as leader now, else the error telling the caller where
+/// to go or when to come back.
+fn serving_leader(
+    replicas: &mut BTreeMap<GroupId, Replica>,
+    group: GroupId,
+) -> Result<&mut Replica, CommitError> {
+    let Some(r) = replicas.get_mut(&group) else {
+        return Err(CommitError::Unavailable(format!(
+            "no replica of {group} here"
+        )));
+    };
+    if r.serving() {
+        return Ok(r);
+    }
+    Err(if r.caught_up_leader() {
+        CommitError::Unavailable("new leader waiting for its lease".into())
+    } else if r.group.is_leader() {
+        CommitError::Unavailable("new leader still applying earlier terms".into())
+    } else {
+        CommitError::NotLeader(r.group.leader())
+    })
 }
 
 /// An entry that was just applied.

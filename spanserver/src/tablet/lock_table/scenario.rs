@@ -20,7 +20,6 @@
 //! `w=W granted to T`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{Acquired, Effects, LockMode, LockTable, Priority, Span, TxnState};
@@ -242,56 +241,10 @@ fn parse_duration(word: &str) -> Result<Duration, String> {
         .map_err(|_| bad())
 }
 
-fn run_script(path: &Path) -> String {
-    let script = std::fs::read_to_string(path).expect("read script");
-    let mut harness = Harness::new();
-    let mut out = String::new();
-    for line in script.lines() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            out.push_str(line);
-            out.push('\n');
-            continue;
-        }
-        out.push_str(&format!("> {trimmed}\n"));
-        match harness.run(trimmed) {
-            Ok(text) => out.push_str(&text),
-            Err(e) => out.push_str(&format!("error: {e}\n")),
-        }
-    }
-    out
-}
-
-fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/locks")
-}
-
 #[test]
 fn lock_table_scenarios() {
-    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
-    let mut scripts: Vec<PathBuf> = std::fs::read_dir(testdata())
-        .expect("testdata/locks")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .collect();
-    scripts.sort();
-    assert!(!scripts.is_empty(), "no scenario scripts found");
-    let mut differing = Vec::new();
-    for script in scripts {
-        let actual = run_script(&script);
-        let golden = script.with_extension("out");
-        if update {
-            std::fs::write(&golden, &actual).expect("write golden");
-            continue;
-        }
-        let expected = std::fs::read_to_string(&golden)
-            .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", golden.display()));
-        if actual != expected {
-            differing.push(format!(
-                "{} differs from its recorded output:\n--- expected\n{expected}\n--- actual\n{actual}",
-                script.display()
-            ));
-        }
-    }
-    assert!(differing.is_empty(), "{}", differing.join("\n"));
+    crate::scenarios::check("locks", || {
+        let mut harness = Harness::new();
+        move |line: &str| harness.run(line)
+    });
 }
