@@ -50,6 +50,35 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             print!("{table}");
         }
+        BenchCommand::Txn {
+            txns,
+            participants,
+            clients,
+            duration_secs,
+            rows,
+            group_commit_clients,
+            pg_isolation,
+            clock_epsilon_ms,
+            master_bound_us,
+        } => {
+            let tt: Arc<dyn TrueTime> = match clock_epsilon_ms {
+                Some(ms) => Arc::new(SystemTrueTime::new(Duration::from_millis(ms))),
+                None => local_agent_clock(Duration::from_micros(master_bound_us), stop_rx).await?,
+            };
+            let opts = meridian_tests::bench::txn::TxnOptions {
+                txns,
+                participants,
+                clients,
+                duration: Duration::from_secs(duration_secs),
+                rows,
+                group_commit_clients,
+                pg_isolation,
+            };
+            let table = meridian_tests::bench::txn::run(tt, opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            print!("{table}");
+        }
     }
     Ok(())
 }

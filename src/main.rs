@@ -180,6 +180,38 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         master_bound_us: u64,
     },
+    /// Transactions beside PostgreSQL: 2PC latency vs participants, read-only vs read-write
+    /// throughput, group commit.
+    Txn {
+        /// Measured transactions per participant count.
+        #[arg(long, default_value_t = 200)]
+        txns: usize,
+        /// Participant counts (tablets written per transaction), comma-separated, at most 10.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,5,10")]
+        participants: Vec<usize>,
+        /// Concurrent clients for the read-only vs read-write runs.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Seconds each throughput run measures (after a short warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Rows in each table.
+        #[arg(long, default_value_t = 1000)]
+        rows: u64,
+        /// Concurrent client counts for group commit, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,32")]
+        group_commit_clients: Vec<usize>,
+        /// PostgreSQL's isolation level: serializable, repeatable-read or read-committed.
+        #[arg(long, default_value = "serializable")]
+        pg_isolation: String,
+        /// Use a fixed ε (milliseconds) instead of an in-process truetime master and agent.
+        #[arg(long)]
+        clock_epsilon_ms: Option<u64>,
+        /// The bound the in-process time master declares when the kernel does not report the
+        /// clock disciplined, in microseconds.
+        #[arg(long, default_value_t = 1000)]
+        master_bound_us: u64,
+    },
 }
 
 pub(crate) fn init_tracing(default: &str) {

@@ -5,11 +5,14 @@
 //! - [`clock`]: the cost of one `TT.now()` for each clock source.
 //! - [`writes`]: single-row writes on a 3-zone in-process cluster, with and without commit wait:
 //!   ε, commit wait and write latency (the "difference below ε" check).
+//! - [`txn`]: transactions: two-phase commit latency vs participants, read-only vs read-write
+//!   throughput, and group commit.
 
 pub mod clock;
 pub mod cluster;
 pub mod postgres;
 pub mod stats;
+pub mod txn;
 pub mod writes;
 
 /// Why a benchmark could not run.
