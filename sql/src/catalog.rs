@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::{encode_key_datum, index_prefix, prefix_end, PRIMARY_INDEX_ID};
 use crate::error::{Result, SqlError};
-use crate::store::{table_prefix, Store, Transaction};
+use crate::store::{table_prefix, ReadBound, Store, Transaction};
 use crate::types::{DataType, Datum};
 
 /// The system table holding table descriptors.
@@ -159,7 +159,8 @@ pub async fn read_tables(store: &dyn Store, names: &[String]) -> Result<TableSet
     if names.is_empty() {
         return Ok(tables);
     }
-    let mut txn = store.begin(None).await?;
+    // A lock-free strong snapshot: one round trip per lookup, no locks to release after.
+    let mut txn = store.begin_read_only(ReadBound::Strong).await?;
     let mut result = Ok(());
     for name in names {
         match get_table(txn.as_mut(), name).await {

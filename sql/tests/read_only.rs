@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_sql::encoding::{encode_key_datum, index_prefix, PRIMARY_INDEX_ID};
-use meridian_sql::store::{table_prefix, ReadBound, Store, StoreError, Transaction};
+use meridian_sql::store::{
+    table_prefix, ReadBound, Store, StoreError, Transaction, FIRST_USER_TABLE_ID,
+};
 use meridian_sql::{Datum, MemStore, Session, TransactionStatus};
 
 fn session(store: &MemStore) -> Session {
@@ -324,8 +326,9 @@ async fn autocommit_queries_read_lock_free_snapshots() {
     assert_eq!(timestamp(&mut s, "read_timestamp").await, read_ts);
 }
 
-/// Wraps a [`MemStore`], recording the bound of every read-only transaction and failing the
-/// next reads of read-only transactions with a retryable error on request.
+/// Wraps a [`MemStore`], recording the bound of every read-only transaction that reads a user
+/// table and failing the next such reads with a retryable error on request. (Catalog lookups are
+/// read-only transactions too; they are neither recorded nor failed.)
 struct RecordingStore {
     inner: MemStore,
     bounds: Arc<Mutex<Vec<ReadBound>>>,
@@ -335,9 +338,24 @@ struct RecordingStore {
 struct FlakyReadOnly {
     inner: Box<dyn Transaction>,
     failing_reads: Arc<AtomicUsize>,
+    bound: ReadBound,
+    bounds: Arc<Mutex<Vec<ReadBound>>>,
+    recorded: bool,
 }
 
 impl FlakyReadOnly {
+    /// Called before a read of `key`: records the bound once and maybe fails, for user tables.
+    fn before_read(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        if key < table_prefix(FIRST_USER_TABLE_ID).as_slice() {
+            return Ok(());
+        }
+        if !self.recorded {
+            self.recorded = true;
+            self.bounds.lock().unwrap().push(self.bound);
+        }
+        self.maybe_fail()
+    }
+
     fn maybe_fail(&self) -> Result<(), StoreError> {
         let left = self
             .failing_reads
@@ -356,10 +374,12 @@ impl Store for RecordingStore {
     }
 
     async fn begin_read_only(&self, bound: ReadBound) -> Result<Box<dyn Transaction>, StoreError> {
-        self.bounds.lock().unwrap().push(bound);
         Ok(Box::new(FlakyReadOnly {
             inner: self.inner.begin_read_only(bound).await?,
             failing_reads: self.failing_reads.clone(),
+            bound,
+            bounds: self.bounds.clone(),
+            recorded: false,
         }))
     }
 
@@ -383,7 +403,7 @@ impl Transaction for FlakyReadOnly {
     }
 
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.maybe_fail()?;
+        self.before_read(key)?;
         self.inner.get(key).await
     }
 
@@ -393,7 +413,7 @@ impl Transaction for FlakyReadOnly {
         end: &[u8],
         limit: Option<usize>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        self.maybe_fail()?;
+        self.before_read(start)?;
         self.inner.scan(start, end, limit).await
     }
 

@@ -17,7 +17,10 @@ const TIMESTAMP_SETTINGS: [&str; 2] = ["commit_timestamp", "read_timestamp"];
 
 impl Session {
     pub(super) async fn show_tables(&mut self) -> Result<StatementResult> {
-        let mut txn = self.store.begin(None).await?;
+        let mut txn = self
+            .store
+            .begin_read_only(crate::store::ReadBound::Strong)
+            .await?;
         let tables = catalog::list_tables(txn.as_mut()).await;
         txn.rollback().await;
         let rows: Vec<Row> = tables?
