@@ -7,12 +7,12 @@
 //! which optimistic validation makes race-free: two concurrent CREATEs of one name conflict at
 //! commit and the loser, on retry, sees the winner and reports 42P07.
 //!
-//! Every statement reads the descriptors it needs in its own short transaction
-//! ([`read_tables`]) and never inside the user's transaction: the catalog lives in the system
-//! tablet and user rows in per-table tablets, and a transaction spanning tablets cannot commit
-//! until 2PC exists. Nothing is cached across statements, so a DROP or CREATE on another
-//! gateway is seen by the next statement here. The price is that a statement in an explicit
-//! transaction may see a schema newer than the one its earlier statements saw.
+//! Every statement reads the descriptors it needs in its own lock-free strong snapshot
+//! ([`read_tables`]) and never inside the user's transaction, so user transactions neither lock
+//! the catalog nor involve the system tablet in their commits. Nothing is cached across
+//! statements, so a DROP or CREATE on another gateway is seen by the next statement here. The
+//! price is that a statement in an explicit transaction may see a schema newer than the one
+//! its earlier statements saw.
 
 use std::collections::HashMap;
 use std::sync::Arc;
