@@ -296,6 +296,7 @@ fn txn_op(op: pb::txn_request::Op) -> TxnOp {
         },
         Op::Status(_) => TxnOp::Status,
         Op::Forget(_) => TxnOp::Forget,
+        Op::Heartbeat(_) => TxnOp::Heartbeat,
     }
 }
 

@@ -294,3 +294,29 @@ async fn coordinator_killed_after_deciding_commit_still_commits_everywhere() {
     .await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_interactive_transaction_keeps_its_locks() {
+    common::init_tracing();
+    let cluster = Cluster::start().await;
+    let store = cluster.store();
+    let (a, b) = two_tables_with_distinct_leaders(&cluster, &store).await;
+    let mut t = store.begin(None).await.expect("begin");
+    t.get(&key(a, 0)).await.expect("read a");
+    t.get(&key(b, 0)).await.expect("read b");
+    // Longer than the leaders' idle timeout: only the gateway's heartbeats keep the locks.
+    tokio::time::sleep(
+        meridian_spanserver::raft::driver::TXN_IDLE_TIMEOUT + Duration::from_secs(2),
+    )
+    .await;
+    t.put(key(a, 0), b"thought about it".to_vec());
+    t.put(key(b, 0), b"thought about it".to_vec());
+    t.commit()
+        .await
+        .expect("the transaction's locks survived its client's pause");
+    assert_eq!(
+        get(&store, &key(b, 0)).await.expect("read"),
+        Some(b"thought about it".to_vec())
+    );
+    cluster.shutdown().await;
+}

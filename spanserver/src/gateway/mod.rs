@@ -29,6 +29,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::raft::{GroupId, ServerId};
 
+/// How often the gateway tells leaders its open transactions are alive (well inside the
+/// leaders' idle timeout, `raft::driver::TXN_IDLE_TIMEOUT`).
+const TXN_HEARTBEAT: Duration = Duration::from_secs(3);
 /// How long a follower may wait for its safe time to reach a snapshot read's timestamp before
 /// the gateway asks the leader instead.
 const FOLLOWER_WAIT_MS: u32 = 20;
@@ -49,6 +52,10 @@ pub struct Gateway {
     servers: RwLock<HashMap<ServerId, pb::ServerInfo>>,
     leaders: RwLock<HashMap<GroupId, ServerId>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Open read-write transactions holding locks, by id: their identity and where they hold
+    /// locks (with the epoch), for heartbeats.
+    open_txns: Mutex<HashMap<u64, (pb::TxnMeta, Vec<(Route, u64)>)>>,
+    heartbeats: std::sync::OnceLock<()>,
 }
 
 /// A tablet as routing needs it.
@@ -92,6 +99,8 @@ impl Gateway {
             servers: RwLock::new(HashMap::new()),
             leaders: RwLock::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
+            open_txns: Mutex::new(HashMap::new()),
+            heartbeats: std::sync::OnceLock::new(),
         })
     }
 
@@ -345,6 +354,22 @@ impl Gateway {
         find(self).ok_or_else(|| StoreError::Unavailable(format!("unknown tablet {group}")))
     }
 
+    /// Records where an open transaction holds locks, so that heartbeats keep them while its
+    /// client thinks (an interactive `BEGIN … COMMIT` may idle longer than leaders allow).
+    pub(crate) fn track_txn(gateway: &Arc<Gateway>, meta: pb::TxnMeta, groups: Vec<(Route, u64)>) {
+        gateway.open_txns.lock().insert(meta.id, (meta, groups));
+        gateway.heartbeats.get_or_init(|| {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(heartbeat_loop(Arc::downgrade(gateway)));
+            }
+        });
+    }
+
+    /// The transaction ended: no more heartbeats for it.
+    pub(crate) fn untrack_txn(&self, id: u64) {
+        self.open_txns.lock().remove(&id);
+    }
+
     /// Asks the placement driver to split the tablets holding `keys` so each starts one.
     pub async fn split_at(&self, keys: Vec<Vec<u8>>) -> Result<(), StoreError> {
         let mut client = self.pd_client().await?;
@@ -503,6 +528,37 @@ impl Gateway {
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;
         }
+    }
+}
+
+/// Sends every open transaction's heartbeat to the leaders where it holds locks, every
+/// [`TXN_HEARTBEAT`], until the gateway is dropped. Failures are ignored: a transaction whose
+/// locks are gone learns it at its next step.
+async fn heartbeat_loop(gateway: std::sync::Weak<Gateway>) {
+    loop {
+        tokio::time::sleep(TXN_HEARTBEAT).await;
+        let Some(gw) = gateway.upgrade() else {
+            return;
+        };
+        let open: Vec<(pb::TxnMeta, Vec<(Route, u64)>)> =
+            gw.open_txns.lock().values().cloned().collect();
+        let beats = open.into_iter().flat_map(|(meta, groups)| {
+            let gw = gw.clone();
+            groups.into_iter().map(move |(route, epoch)| {
+                let gw = gw.clone();
+                async move {
+                    let req = pb::TxnRequest {
+                        group_id: route.group.0,
+                        txn: Some(meta),
+                        lock_epoch: epoch,
+                        op: Some(pb::txn_request::Op::Heartbeat(pb::HeartbeatOp {})),
+                    };
+                    let beat = gw.txn_step(&route, req);
+                    let _ = tokio::time::timeout(TXN_HEARTBEAT, beat).await;
+                }
+            })
+        });
+        futures::future::join_all(beats).await;
     }
 }
 

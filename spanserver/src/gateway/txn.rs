@@ -112,6 +112,16 @@ impl GatewayTxn {
         Ok(state)
     }
 
+    /// Keeps the gateway's heartbeats up to date with where this transaction holds locks.
+    fn track(&self) {
+        let groups = self
+            .groups
+            .values()
+            .map(|s| (s.route.clone(), s.epoch))
+            .collect();
+        Gateway::track_txn(&self.gateway, self.meta, groups);
+    }
+
     fn request(&self, group: GroupId, epoch: u64, op: pb::txn_request::Op) -> pb::TxnRequest {
         pb::TxnRequest {
             group_id: group.0,
@@ -328,6 +338,7 @@ impl Transaction for GatewayTxn {
                 start: cursor.clone(),
                 end: piece_end.clone(),
             });
+            self.track();
             let covered_end = if resp.resume_key.is_empty() {
                 piece_end.clone()
             } else {
@@ -370,6 +381,30 @@ impl Transaction for GatewayTxn {
             return Err(StoreError::Internal("transaction already finished".into()));
         }
         self.finished = true;
+        let outcome = self.finish_commit().await;
+        self.gateway.untrack_txn(self.meta.id);
+        outcome
+    }
+
+    async fn rollback(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.gateway.untrack_txn(self.meta.id);
+        self.writes.clear();
+        let everyone: Vec<(Route, u64)> = self
+            .groups
+            .values()
+            .map(|s| (s.route.clone(), s.epoch))
+            .collect();
+        self.abort_everywhere(&everyone).await;
+    }
+}
+
+impl GatewayTxn {
+    /// The commit itself (see the module doc for the three ways it goes).
+    async fn finish_commit(&mut self) -> Result<Option<u64>, StoreError> {
         let mut by_group: BTreeMap<GroupId, (Route, Vec<pb::Mutation>)> = BTreeMap::new();
         for (key, value) in std::mem::take(&mut self.writes) {
             let route = self.gateway.route(&key).await?;
@@ -413,26 +448,13 @@ impl Transaction for GatewayTxn {
         }
         self.two_phase_commit(by_group).await.map(Some)
     }
-
-    async fn rollback(&mut self) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        self.writes.clear();
-        let everyone: Vec<(Route, u64)> = self
-            .groups
-            .values()
-            .map(|s| (s.route.clone(), s.epoch))
-            .collect();
-        self.abort_everywhere(&everyone).await;
-    }
 }
 
 impl Drop for GatewayTxn {
     /// A transaction dropped without commit or rollback (its session went away) releases its
     /// locks in the background rather than holding them until the idle timeout.
     fn drop(&mut self) {
+        self.gateway.untrack_txn(self.meta.id);
         if self.finished || self.groups.is_empty() {
             return;
         }

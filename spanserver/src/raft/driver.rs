@@ -113,6 +113,8 @@ pub enum TxnOp {
     Status,
     /// Two-phase commit: drop the coordinator's decision record.
     Forget,
+    /// The transaction is alive: refresh its locks' idle timer and answer their epoch.
+    Heartbeat,
 }
 
 /// What a transaction step answers.
@@ -940,7 +942,7 @@ impl DriverLoop {
             }
         }
         let (command, kind, ts) = match call.op {
-            TxnOp::LockShared { .. } | TxnOp::LockExclusive { .. } => {
+            TxnOp::LockShared { .. } | TxnOp::LockExclusive { .. } | TxnOp::Heartbeat => {
                 let answer = epoch_ok(&held).map(|epoch| TxnAnswer {
                     epoch,
                     ..Default::default()
