@@ -43,6 +43,10 @@ const SCAN_RPC_TIMEOUT: Duration = Duration::from_secs(12);
 /// commit timeouts).
 const COMMIT_RPC_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// An open transaction as heartbeats need it: its identity, and each group where it holds
+/// locks with their epoch.
+type OpenTxn = (pb::TxnMeta, Vec<(Route, u64)>);
+
 /// The gateway of one spanserver.
 pub struct Gateway {
     pd_addrs: Vec<String>,
@@ -54,7 +58,7 @@ pub struct Gateway {
     channels: Mutex<HashMap<String, Channel>>,
     /// Open read-write transactions holding locks, by id: their identity and where they hold
     /// locks (with the epoch), for heartbeats.
-    open_txns: Mutex<HashMap<u64, (pb::TxnMeta, Vec<(Route, u64)>)>>,
+    open_txns: Mutex<HashMap<u64, OpenTxn>>,
     heartbeats: std::sync::OnceLock<()>,
 }
 
@@ -540,8 +544,7 @@ async fn heartbeat_loop(gateway: std::sync::Weak<Gateway>) {
         let Some(gw) = gateway.upgrade() else {
             return;
         };
-        let open: Vec<(pb::TxnMeta, Vec<(Route, u64)>)> =
-            gw.open_txns.lock().values().cloned().collect();
+        let open: Vec<OpenTxn> = gw.open_txns.lock().values().cloned().collect();
         let beats = open.into_iter().flat_map(|(meta, groups)| {
             let gw = gw.clone();
             groups.into_iter().map(move |(route, epoch)| {
