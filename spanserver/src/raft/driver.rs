@@ -931,13 +931,24 @@ impl DriverLoop {
             TxnOp::Commit { .. } | TxnOp::Prepare { .. } | TxnOp::Decide { .. }
         );
         if needs_clock {
-            if let Err(e) = tt.check_usable() {
-                // The transaction cannot commit now; it ends here and gives its locks back.
+            // A step that proposes a commit or prepare: the clock must justify a timestamp, the
+            // locks must still be the ones the transaction took, and from here on nothing may
+            // wound it. Otherwise it ends here and gives its locks back.
+            let ready = tt
+                .check_usable()
+                .map_err(|e| CommitError::ClockUncertain(e.to_string()))
+                .and_then(|()| epoch_ok(&held))
+                .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from));
+            if let Err(e) = ready {
                 let effects = r.locks.release(txn);
-                let _ = call
-                    .reply
-                    .send(Err(CommitError::ClockUncertain(e.to_string())));
+                let decide = matches!(call.op, TxnOp::Decide { .. });
+                let _ = call.reply.send(Err(e));
                 self.answer_lock_effects(group, effects);
+                if decide {
+                    // The coordinator logs the abort, so that participants asking later learn
+                    // it rather than waiting for a decision that never comes.
+                    self.propose_abort_decision(group, txn, None);
+                }
                 return;
             }
         }
@@ -977,14 +988,6 @@ impl DriverLoop {
                 }
             }
             TxnOp::Commit { mutations } => {
-                if let Err(e) = epoch_ok(&held)
-                    .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from))
-                {
-                    let effects = r.locks.release(txn);
-                    let _ = call.reply.send(Err(e));
-                    self.answer_lock_effects(group, effects);
-                    return;
-                }
                 let ts = r.next_ts(tt.as_ref(), 0);
                 let command = Command::Commit {
                     proposal: self.next_proposal,
@@ -1000,14 +1003,6 @@ impl DriverLoop {
                 coordinator,
                 participants,
             } => {
-                if let Err(e) = epoch_ok(&held)
-                    .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from))
-                {
-                    let effects = r.locks.release(txn);
-                    let _ = call.reply.send(Err(e));
-                    self.answer_lock_effects(group, effects);
-                    return;
-                }
                 let ts = r.next_ts(tt.as_ref(), 0);
                 let record = PreparedRecord {
                     txn: call.txn,
@@ -1029,17 +1024,6 @@ impl DriverLoop {
                 participants,
                 min_ts,
             } => {
-                if let Err(e) = epoch_ok(&held)
-                    .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from))
-                {
-                    // The transaction is aborted: log that, so that participants asking later
-                    // learn it rather than waiting for a decision that never comes.
-                    let effects = r.locks.release(txn);
-                    self.answer_lock_effects(group, effects);
-                    let _ = call.reply.send(Err(e));
-                    self.propose_abort_decision(group, txn, None);
-                    return;
-                }
                 let ts = r.next_ts(tt.as_ref(), min_ts.saturating_add(1));
                 let command = Command::Decide {
                     proposal: self.next_proposal,
