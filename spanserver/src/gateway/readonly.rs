@@ -70,9 +70,9 @@ impl Transaction for ReadOnlyTxn {
     }
 
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut end = key.to_vec();
-        end.push(0);
-        let rows = self.scan(key, &end, Some(1)).await?;
+        let rows = self
+            .scan(key, &super::txn::key_successor(key), Some(1))
+            .await?;
         Ok(rows
             .into_iter()
             .find(|(k, _)| k.as_slice() == key)

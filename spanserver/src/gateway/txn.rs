@@ -270,7 +270,7 @@ impl GatewayTxn {
 }
 
 /// The smallest key after `key`.
-fn key_successor(key: &[u8]) -> Vec<u8> {
+pub(super) fn key_successor(key: &[u8]) -> Vec<u8> {
     let mut k = key.to_vec();
     k.push(0);
     k
