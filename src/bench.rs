@@ -12,7 +12,7 @@ async fn local_agent_clock(
     bound: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Arc<dyn TrueTime>, String> {
-    let local = meridian_truetime::daemon::start_local(
+    let local = meridian_truetime_daemon::start_local(
         bound,
         Duration::from_millis(1000),
         meridian_truetime::agent::AgentConfig::default(),

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use meridian_spanserver::server::{BoundAddrs, ServerOptions};
 use meridian_truetime::agent::AgentConfig;
-use meridian_truetime::daemon;
 use meridian_truetime::TrueTime;
+use meridian_truetime_daemon as daemon;
 use tokio::sync::{oneshot, watch};
 
 /// Zones of the demo's three servers.

@@ -286,7 +286,7 @@ fn main() -> ExitCode {
                 init_tracing("info");
                 let shutdown = shutdown_on_signals();
                 let tt: Arc<dyn TrueTime> = match truetime {
-                    Some(agent) => match meridian_truetime::client::AgentClock::connect(
+                    Some(agent) => match meridian_truetime_daemon::client::AgentClock::connect(
                         agent,
                         Duration::from_millis(max_clock_epsilon_ms),
                         Duration::from_secs(30),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use meridian_proto::time_agent_client::TimeAgentClient;
 use meridian_truetime::agent::AgentConfig;
-use meridian_truetime::daemon::{self, AgentMetrics, AgentState};
 use meridian_truetime::master::{ClockSource, Injected, SystemClockSource};
+use meridian_truetime_daemon::{self as daemon, AgentMetrics, AgentState};
 
 use crate::TruetimeCommand;
 

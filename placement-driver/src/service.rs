@@ -57,7 +57,7 @@ pub struct Pd {
 }
 
 fn table_prefix(id: u32) -> Vec<u8> {
-    id.to_be_bytes().to_vec()
+    meridian_common::keys::table_prefix(meridian_common::TableId(id))
 }
 
 impl Pd {
@@ -217,7 +217,7 @@ fn tablet_containing<'a>(state: &'a DurableState, key: &[u8]) -> Option<&'a Tabl
     state
         .tablets
         .values()
-        .find(|t| t.start.as_slice() <= key && (t.end.is_empty() || key < t.end.as_slice()))
+        .find(|t| meridian_common::range_contains(&t.start, &t.end, key))
 }
 
 impl Pd {
@@ -377,7 +377,7 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
         keys.sort();
         keys.dedup();
         for key in keys {
-            if key.len() < 4 || key.as_slice() < table_prefix(FIRST_USER_TABLE_ID).as_slice() {
+            if key.len() < 4 || meridian_common::keys::is_system_key(&key) {
                 return Err(Status::invalid_argument(
                     "split keys must lie in a user table's range",
                 ));

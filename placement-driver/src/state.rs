@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use meridian_common::keys;
+
 /// The first table id handed to users; lower ids are system tables.
-pub const FIRST_USER_TABLE_ID: u32 = 100;
+pub const FIRST_USER_TABLE_ID: u32 = keys::FIRST_USER_TABLE_ID.0;
 /// The group of the system tablet.
-pub const SYSTEM_GROUP: u64 = 1;
+pub const SYSTEM_GROUP: u64 = keys::SYSTEM_GROUP.0;
 
 /// A registered server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -383,16 +383,14 @@ async fn heartbeat_loop(
             if registry.read().contains_key(&GroupId(t.group_id)) {
                 continue;
             }
+            let bootstrap = t.bootstrap;
             let desc = ReplicaDescriptor {
-                group: t.group_id,
-                range: KeyRange {
-                    start: t.start,
-                    end: t.end,
-                },
-                peers: t.replicas,
+                group: GroupId(t.group_id),
+                range: KeyRange::new(t.start, t.end),
+                peers: t.replicas.into_iter().map(ServerId).collect(),
                 generation: 0,
             };
-            let creation = if t.bootstrap {
+            let creation = if bootstrap {
                 Creation::Bootstrap
             } else {
                 Creation::Join

@@ -527,13 +527,13 @@ impl pb::tablet_server::Tablet for TabletService {
                 }))
             }
         };
-        let mut target: Vec<u64> = replica
+        let mut target: Vec<ServerId> = replica
             .desc
             .peers
             .iter()
             .copied()
-            .filter(|p| !req.remove.contains(p))
-            .chain(req.add.iter().copied())
+            .filter(|p| !req.remove.contains(&p.0))
+            .chain(req.add.iter().map(|s| ServerId(*s)))
             .collect();
         target.sort_unstable();
         target.dedup();
@@ -570,7 +570,7 @@ impl pb::tablet_server::Tablet for TabletService {
             if peers == target {
                 return Ok(Response::new(pb::ChangeReplicasResponse {
                     error: None,
-                    replicas: peers,
+                    replicas: peers.iter().map(|p| p.0).collect(),
                 }));
             }
             if tokio::time::Instant::now() > deadline {
@@ -605,19 +605,12 @@ impl pb::tablet_server::Tablet for TabletService {
         request: Request<pb::ReplicaDescriptor>,
     ) -> Result<Response<pb::CreateReplicaResponse>, Status> {
         let req = request.into_inner();
-        let desc = ReplicaDescriptor {
-            group: req.group_id,
-            range: KeyRange {
-                start: req.start,
-                end: req.end,
-            },
-            peers: req.replicas,
-            generation: 0,
-        };
+        let bootstrap = req.bootstrap;
+        let desc = ReplicaDescriptor::from_pb(req);
         if desc.peers.is_empty() {
             return Err(Status::invalid_argument("a replica needs peers"));
         }
-        let creation = if req.bootstrap {
+        let creation = if bootstrap {
             Creation::Bootstrap
         } else {
             Creation::Join
@@ -679,13 +672,7 @@ impl TabletService {
             .find(|r| r.desc.range.start == req.split_key)
             .map(|r| r.desc.clone());
         match right {
-            Some(d) => Ok(pb::ReplicaDescriptor {
-                group_id: d.group,
-                start: d.range.start,
-                end: d.range.end,
-                replicas: d.peers,
-                bootstrap: false,
-            }),
+            Some(d) => Ok(d.to_pb()),
             None => Err(pb::TabletError {
                 kind: Some(Kind::Unavailable(
                     "the split's right half is not open yet".into(),

@@ -10,11 +10,11 @@
 use async_trait::async_trait;
 
 /// Table ids below this belong to system tables.
-pub const FIRST_USER_TABLE_ID: u32 = 100;
+pub const FIRST_USER_TABLE_ID: u32 = meridian_common::keys::FIRST_USER_TABLE_ID.0;
 
 /// The first key of table `id`'s key range.
 pub fn table_prefix(id: u32) -> Vec<u8> {
-    id.to_be_bytes().to_vec()
+    meridian_common::keys::table_prefix(meridian_common::TableId(id))
 }
 
 /// Why a storage operation failed, grouped by what the caller should do.

@@ -13,11 +13,10 @@
 //!   daemon with time masters and Marzullo's algorithm replaces the bound with a measured one);
 //! - [`SimulatedClock`]: a clock for tests with a settable offset and ε.
 //!
-//! It depends on no other Meridian crate.
+//! It depends on no other Meridian crate and on no RPC library: the daemon (time masters and
+//! agents over gRPC) and the agent's client clock live in `meridian-truetime-daemon`, on top.
 
 pub mod agent;
-pub mod client;
-pub mod daemon;
 pub mod marzullo;
 pub mod master;
 

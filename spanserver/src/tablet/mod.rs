@@ -38,41 +38,18 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
-use crate::raft::{keys, GroupId};
+use crate::raft::{keys, GroupId, ServerId};
 use crate::storage::engine::{Cf, Engine, WriteBatch};
 use crate::storage::mvcc;
 
-/// A key range `[start, end)`; an empty `end` means unbounded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRange {
-    pub start: Vec<u8>,
-    pub end: Vec<u8>,
-}
-
-impl KeyRange {
-    pub fn contains(&self, key: &[u8]) -> bool {
-        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
-    }
-
-    /// True if `[start, end)` (end empty = unbounded) lies inside this range.
-    pub fn covers(&self, start: &[u8], end: &[u8]) -> bool {
-        if start < self.start.as_slice() {
-            return false;
-        }
-        match (self.end.is_empty(), end.is_empty()) {
-            (true, _) => true,
-            (false, true) => false,
-            (false, false) => end <= self.end.as_slice(),
-        }
-    }
-}
+pub use meridian_common::KeyRange;
 
 /// What a hosted replica is: its group, range and peers. Persisted in the `Meta` CF.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaDescriptor {
-    pub group: u64,
+    pub group: GroupId,
     pub range: KeyRange,
-    pub peers: Vec<u64>,
+    pub peers: Vec<ServerId>,
     /// Bumped by every split of this group: a write proposed under an older generation is
     /// refused when it applies, since the locks and range it was checked against are gone.
     #[serde(default)]
@@ -81,7 +58,28 @@ pub struct ReplicaDescriptor {
 
 impl ReplicaDescriptor {
     pub fn group_id(&self) -> GroupId {
-        GroupId(self.group)
+        self.group
+    }
+
+    /// A descriptor sent by the placement driver or a peer (generation 0: a new replica).
+    pub fn from_pb(d: meridian_proto::ReplicaDescriptor) -> ReplicaDescriptor {
+        ReplicaDescriptor {
+            group: GroupId(d.group_id),
+            range: KeyRange::new(d.start, d.end),
+            peers: d.replicas.into_iter().map(ServerId).collect(),
+            generation: 0,
+        }
+    }
+
+    /// The descriptor as the wire carries it.
+    pub fn to_pb(&self) -> meridian_proto::ReplicaDescriptor {
+        meridian_proto::ReplicaDescriptor {
+            group_id: self.group.0,
+            start: self.range.start.clone(),
+            end: self.range.end.clone(),
+            replicas: self.peers.iter().map(|p| p.0).collect(),
+            bootstrap: false,
+        }
     }
 }
 
@@ -237,7 +235,7 @@ pub enum Command {
     Split {
         proposal: u64,
         at: Vec<u8>,
-        new_group: u64,
+        new_group: GroupId,
         /// The proposing leader's timestamp floor (assigned and promised to readers): the new
         /// group's timestamps start above it.
         floor: u64,
@@ -436,7 +434,7 @@ fn split(
     records: &TxnRecords,
     batch: &mut WriteBatch,
     at: &[u8],
-    new_group: u64,
+    new_group: GroupId,
 ) -> Applied {
     if desc.range.end.as_slice() == at {
         return Applied::Noop; // already split here

@@ -96,10 +96,10 @@ impl Replica {
     /// One line: group, range, largest applied timestamp, record counts and lease.
     fn describe(&self) -> String {
         let mut out = format!(
-            "g{} {} peers={:?} max_applied={} prepared={} decisions={}",
+            "{} {} peers={:?} max_applied={} prepared={} decisions={}",
             self.desc.group,
             fmt_range(&self.desc.range),
-            self.desc.peers,
+            self.desc.peers.iter().map(|p| p.0).collect::<Vec<_>>(),
             self.max_applied_ts,
             self.records.prepared.len(),
             self.records.decisions.len(),
@@ -326,7 +326,7 @@ impl Harness {
                 let command = Command::Split {
                     proposal,
                     at: args.get("at")?.as_bytes().to_vec(),
-                    new_group,
+                    new_group: crate::raft::GroupId(new_group),
                     floor: args.u64_or("floor", 0)?,
                 };
                 let (mut out, applied) = self.apply(name, command)?;
@@ -381,9 +381,13 @@ impl Harness {
             return Err(format!("replica {name} already exists"));
         }
         let desc = ReplicaDescriptor {
-            group: args.u64("group")?,
+            group: crate::raft::GroupId(args.u64("group")?),
             range: parse_range(args.get("range")?)?,
-            peers: args.list("peers")?,
+            peers: args
+                .list("peers")?
+                .into_iter()
+                .map(crate::raft::ServerId)
+                .collect(),
             generation: 0,
         };
         let engine = MemEngine::new();
@@ -565,7 +569,7 @@ fn fmt_applied(applied: &Applied) -> String {
         Applied::Closed { ts } => format!("closed ts={ts}"),
         Applied::Lease(lease) => fmt_lease(lease),
         Applied::Split { left, right } => format!(
-            "split left=g{} {} right=g{} {}",
+            "split left={} {} right={} {}",
             left.group,
             fmt_range(&left.range),
             right.group,

@@ -119,12 +119,12 @@ mod tests {
         mvcc::put_version(&mut b, b"z", Timestamp(9), Some(b"outside"));
         source.write(b, false).expect("write");
         let desc = ReplicaDescriptor {
-            group: 7,
+            group: crate::raft::GroupId(7),
             range: KeyRange {
                 start: b"a".to_vec(),
                 end: b"m".to_vec(),
             },
-            peers: vec![1, 2, 3],
+            peers: [1, 2, 3].map(crate::raft::ServerId).to_vec(),
             generation: 0,
         };
         let bytes =

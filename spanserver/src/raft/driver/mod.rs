@@ -591,7 +591,7 @@ impl DriverLoop {
             .collect();
         for desc in descs {
             if let Err(e) = self.open_replica(desc.clone(), Creation::Existing) {
-                tracing::error!(group = desc.group, error = %e, "opening replica");
+                tracing::error!(group = desc.group.0, error = %e, "opening replica");
             }
         }
     }
@@ -624,7 +624,7 @@ impl DriverLoop {
                 .map_err(|e| e.to_string())?
                 .is_none();
             if fresh {
-                let voters: Vec<ServerId> = desc.peers.iter().map(|p| ServerId(*p)).collect();
+                let voters: Vec<ServerId> = desc.peers.clone();
                 match creation {
                     Creation::Bootstrap => group::write_initial_state(id, &voters, 0, &mut b),
                     Creation::Join => group::write_uninitialized_state(id, &mut b),
@@ -633,7 +633,7 @@ impl DriverLoop {
             }
             engine.write(b, true).map_err(|e| e.to_string())?;
         }
-        let peers: Vec<ServerId> = desc.peers.iter().map(|p| ServerId(*p)).collect();
+        let peers: Vec<ServerId> = desc.peers.clone();
         let mut group = RaftGroup::open(
             id,
             self.config.server,
@@ -828,7 +828,7 @@ impl DriverLoop {
                 let command = Command::Split {
                     proposal: self.next_proposal,
                     at,
-                    new_group,
+                    new_group: GroupId(new_group),
                     floor,
                 };
                 self.propose(group, command, ProposalKind::Split, 0, None, reply);

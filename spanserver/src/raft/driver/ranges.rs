@@ -185,7 +185,7 @@ impl DriverLoop {
         let mut peers = right_peers;
         peers.sort_unstable();
         let chosen = peers.get((right_id.0 % peers.len().max(1) as u64) as usize);
-        if chosen == Some(&self.config.server.0) {
+        if chosen == Some(&self.config.server) {
             if let Some(child) = self.replicas.get_mut(&right_id) {
                 let _ = child.group.campaign();
             }

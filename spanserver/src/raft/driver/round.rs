@@ -157,15 +157,15 @@ impl DriverLoop {
                             .group
                             .apply_conf_change(&e, batch)
                             .map_err(|err| format!("configuration change of {id}: {err}"))?;
-                        let mut peers: Vec<u64> = cs
+                        let mut peers: Vec<ServerId> = cs
                             .voters
                             .iter()
                             .chain(cs.voters_outgoing.iter())
-                            .copied()
+                            .map(|p| ServerId(*p))
                             .collect();
                         peers.sort_unstable();
                         peers.dedup();
-                        let removed = !peers.contains(&self.config.server.0)
+                        let removed = !peers.contains(&self.config.server)
                             && !cs.learners.contains(&self.config.server.0);
                         let desc = ReplicaDescriptor {
                             peers,

@@ -1,5 +1,10 @@
 //! The truetime daemon's processes: the time master's gRPC service, and the agent's poll loop
-//! and gRPC service around the pure [`Agent`] state machine.
+//! and gRPC service around the pure [`Agent`] state machine; and [`client::AgentClock`], the
+//! cached clock servers read the agent through.
+//!
+//! This crate is the gRPC layer on top of `meridian-truetime`'s core (timestamps, intervals,
+//! the `TrueTime` trait, Marzullo's algorithm, the agent state machine), which stays free of
+//! RPC so every layer can name a `Timestamp`.
 //!
 //! The agent polls every master concurrently once per poll interval (default 1 s), each call
 //! with a timeout, timestamps each round trip with the monotonic clock, and feeds the results to
@@ -15,8 +20,10 @@ use prometheus::{Histogram, HistogramOpts, IntGauge, IntGaugeVec, Opts, Registry
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::agent::{Agent, AgentConfig, PollResult, Reading, Status as AgentStatus};
-use crate::master::ClockSource;
+pub mod client;
+
+use meridian_truetime::agent::{Agent, AgentConfig, PollResult, Reading, Status as AgentStatus};
+use meridian_truetime::master::ClockSource;
 
 /// The `TimeMaster` gRPC service.
 pub struct MasterService {
@@ -326,7 +333,8 @@ pub async fn start_local(
         .await
         .map_err(|e| e.to_string())?;
     let master_addr = master.local_addr().map_err(|e| e.to_string())?;
-    let source: Arc<dyn ClockSource> = Arc::new(crate::master::SystemClockSource::new(bound));
+    let source: Arc<dyn ClockSource> =
+        Arc::new(meridian_truetime::master::SystemClockSource::new(bound));
     let mut tasks = Vec::new();
     let rx = shutdown.clone();
     tasks.push(tokio::spawn(async move {
@@ -370,8 +378,8 @@ pub async fn start_local(
 mod tests {
     use super::*;
     use crate::client::AgentClock;
-    use crate::master::{Injected, SystemClockSource};
-    use crate::TrueTime;
+    use meridian_truetime::master::{Injected, SystemClockSource};
+    use meridian_truetime::TrueTime;
 
     async fn listener() -> (tokio::net::TcpListener, String) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -21,8 +21,8 @@ use meridian_proto::time_agent_client::TimeAgentClient;
 use parking_lot::RwLock;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::agent::{extrapolate, rtt_upper, Status};
-use crate::{ClockError, Timestamp, TrueTime, TtInterval};
+use meridian_truetime::agent::{extrapolate, rtt_upper, Status};
+use meridian_truetime::{ClockError, Timestamp, TrueTime, TtInterval};
 
 /// How often the clock refreshes from the agent.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
