@@ -1,4 +1,4 @@
-//! `meridian bench …`: flags to calls into `meridian_tests::bench`.
+//! `meridian bench …`: flags to calls into `meridian_bench`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +29,9 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
     match command {
         BenchCommand::Clock => {
             let clock = local_agent_clock(Duration::from_micros(1000), stop_rx).await?;
-            let table =
-                tokio::task::spawn_blocking(move || meridian_tests::bench::clock::run(clock))
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let table = tokio::task::spawn_blocking(move || meridian_bench::clock::run(clock))
+                .await
+                .map_err(|e| e.to_string())?;
             print!("{table}");
         }
         BenchCommand::Writes {
@@ -44,8 +43,8 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
                 Some(ms) => Arc::new(SystemTrueTime::new(Duration::from_millis(ms))),
                 None => local_agent_clock(Duration::from_micros(master_bound_us), stop_rx).await?,
             };
-            let opts = meridian_tests::bench::writes::WritesOptions { writes };
-            let table = meridian_tests::bench::writes::run(tt, opts)
+            let opts = meridian_bench::writes::WritesOptions { writes };
+            let table = meridian_bench::writes::run(tt, opts)
                 .await
                 .map_err(|e| e.to_string())?;
             print!("{table}");
@@ -65,7 +64,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
                 Some(ms) => Arc::new(SystemTrueTime::new(Duration::from_millis(ms))),
                 None => local_agent_clock(Duration::from_micros(master_bound_us), stop_rx).await?,
             };
-            let opts = meridian_tests::bench::txn::TxnOptions {
+            let opts = meridian_bench::txn::TxnOptions {
                 txns,
                 participants,
                 clients,
@@ -74,7 +73,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
                 group_commit_clients,
                 pg_isolation,
             };
-            let table = meridian_tests::bench::txn::run(tt, opts)
+            let table = meridian_bench::txn::run(tt, opts)
                 .await
                 .map_err(|e| e.to_string())?;
             print!("{table}");

@@ -39,6 +39,10 @@ enum Command {
         /// The gRPC address to listen on.
         #[arg(long)]
         listen: SocketAddr,
+        /// Replicas per tablet; the system tablet is created once this many servers have
+        /// registered.
+        #[arg(long, default_value_t = meridian_pd::service::REPLICATION_FACTOR)]
+        replicas: usize,
     },
     /// Run a spanserver.
     Start {
@@ -262,10 +266,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Pd { data_dir, listen } => {
+            Command::Pd {
+                data_dir,
+                listen,
+                replicas,
+            } => {
                 init_tracing("info");
                 let shutdown = shutdown_on_signals();
-                meridian_pd::run(meridian_pd::PdOptions { data_dir, listen }, shutdown, None)
+                let opts = meridian_pd::PdOptions {
+                    data_dir,
+                    listen,
+                    replicas,
+                };
+                meridian_pd::run(opts, shutdown, None)
                     .await
                     .map_err(|e| e.to_string())
             }
@@ -299,13 +312,13 @@ fn main() -> ExitCode {
                     },
                     None => Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms))),
                 };
-                let opts = meridian_spanserver::server::ServerOptions {
+                let server = meridian_spanserver::server::ServerOptions {
                     id,
                     zone,
                     data_dir,
                     listen,
                     advertise,
-                    pg_listen,
+                    sql_addr: None,
                     pd,
                     metrics_listen,
                     commit_wait: !unsafe_disable_commit_wait,
@@ -318,7 +331,11 @@ fn main() -> ExitCode {
                     ),
                     lease: meridian_spanserver::server::DEFAULT_LEASE,
                 };
-                meridian_spanserver::server::run(opts, tt, shutdown, None)
+                let opts = meridian_node::NodeOptions {
+                    server,
+                    sql_listen: pg_listen,
+                };
+                meridian_node::run(opts, tt, shutdown, None)
                     .await
                     .map_err(|e| e.to_string())
             }

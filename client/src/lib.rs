@@ -6,6 +6,7 @@
 //! mutations over gRPC) will live beside it and is not written yet; until then, applications
 //! use any PostgreSQL driver, as the end-to-end tests do with tokio-postgres.
 
+pub mod pg;
 pub mod shell;
 
 pub use shell::{run as run_shell, ShellError, ShellOptions};

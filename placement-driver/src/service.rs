@@ -25,6 +25,9 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PdOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Replicas per tablet ([`REPLICATION_FACTOR`] by default). The system tablet is created
+    /// once this many servers have registered. One replica is for single-node test clusters.
+    pub replicas: usize,
 }
 
 /// Why the PD could not start.
@@ -53,6 +56,8 @@ struct Inner {
 /// The placement driver service.
 pub struct Pd {
     file: StateFile,
+    /// Replicas per tablet.
+    replicas: usize,
     inner: Mutex<Inner>,
 }
 
@@ -62,12 +67,13 @@ fn table_prefix(id: u32) -> Vec<u8> {
 
 impl Pd {
     /// Loads the PD's state from `data_dir`.
-    pub fn open(data_dir: &std::path::Path) -> Result<Pd, PdError> {
+    pub fn open(data_dir: &std::path::Path, replicas: usize) -> Result<Pd, PdError> {
         std::fs::create_dir_all(data_dir)?;
         let file = StateFile::new(data_dir);
         let durable = file.load()?;
         Ok(Pd {
             file,
+            replicas: replicas.max(1),
             inner: Mutex::new(Inner {
                 durable,
                 leaders: HashMap::new(),
@@ -105,6 +111,7 @@ impl Pd {
     /// Places a new tablet over `[start, end)` with id `group`; the caller saves the state.
     fn place(
         inner: &mut Inner,
+        replication: usize,
         group: u64,
         start: Vec<u8>,
         end: Vec<u8>,
@@ -127,7 +134,7 @@ impl Pd {
                     .is_some_and(|t| now.duration_since(*t) < LIVENESS_TIMEOUT)
             })
             .collect();
-        let candidates: Vec<&Server> = if live.len() >= REPLICATION_FACTOR {
+        let candidates: Vec<&Server> = if live.len() >= replication {
             live
         } else {
             inner.durable.servers.values().collect()
@@ -138,13 +145,12 @@ impl Pd {
                 *preferred_leaders.entry(*first).or_default() += 1;
             }
         }
-        let mut replicas =
-            choose_replicas(&candidates, &load, REPLICATION_FACTOR).ok_or_else(|| {
-                Status::unavailable(format!(
-                    "{} servers registered; a tablet needs {REPLICATION_FACTOR}",
-                    inner.durable.servers.len()
-                ))
-            })?;
+        let mut replicas = choose_replicas(&candidates, &load, replication).ok_or_else(|| {
+            Status::unavailable(format!(
+                "{} servers registered; a tablet needs {replication}",
+                inner.durable.servers.len()
+            ))
+        })?;
         put_preferred_leader_first(&mut replicas, &preferred_leaders);
         Ok(Tablet {
             group,
@@ -158,12 +164,13 @@ impl Pd {
     /// Creates the system tablet once enough servers have registered.
     fn maybe_bootstrap(&self, inner: &mut Inner) -> Result<Option<Tablet>, Status> {
         if inner.durable.tablets.contains_key(&SYSTEM_GROUP)
-            || inner.durable.servers.len() < REPLICATION_FACTOR
+            || inner.durable.servers.len() < self.replicas
         {
             return Ok(None);
         }
         let tablet = Self::place(
             inner,
+            self.replicas,
             SYSTEM_GROUP,
             Vec::new(),
             table_prefix(FIRST_USER_TABLE_ID),
@@ -501,6 +508,7 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
             let group = inner.durable.next_group_id;
             let tablet = Self::place(
                 &mut inner,
+                self.replicas,
                 group,
                 table_prefix(table_id),
                 table_prefix(end_id),
@@ -531,7 +539,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), PdError> {
-    let pd = Pd::open(&opts.data_dir)?;
+    let pd = Pd::open(&opts.data_dir, opts.replicas)?;
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|source| PdError::Listen {

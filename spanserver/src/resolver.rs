@@ -18,12 +18,28 @@ use meridian_proto as pb;
 use parking_lot::Mutex;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::gateway::Gateway;
 use crate::raft::driver::ResolverWork;
 use crate::raft::GroupId;
 
+/// How the resolver reaches other groups' leaders. The tablet server has no routing of its own:
+/// whoever composes a process passes the KV client's router, so the system has one routing and
+/// leader-chasing loop.
+#[async_trait::async_trait]
+pub trait LeaderRouter: Send + Sync + 'static {
+    /// Sends one transaction step to `group`'s leader, chasing the leader until it answers or
+    /// the router's deadline passes. The error says why, for the log; the step is retried later.
+    async fn txn_step(
+        &self,
+        group: GroupId,
+        request: pb::TxnRequest,
+    ) -> Result<pb::TxnResponse, String>;
+
+    /// Learns server addresses, from the placement driver's heartbeat answers.
+    fn learn_servers(&self, servers: Vec<pb::ServerInfo>);
+}
+
 /// Runs until the sender side is dropped.
-pub async fn run(gateway: Arc<Gateway>, mut work: UnboundedReceiver<ResolverWork>) {
+pub async fn run(router: Arc<dyn LeaderRouter>, mut work: UnboundedReceiver<ResolverWork>) {
     let busy: Arc<Mutex<HashSet<u64>>> = Arc::default();
     while let Some(w) = work.recv().await {
         let txn = match &w {
@@ -32,7 +48,7 @@ pub async fn run(gateway: Arc<Gateway>, mut work: UnboundedReceiver<ResolverWork
         if !busy.lock().insert(txn) {
             continue;
         }
-        let gateway = gateway.clone();
+        let router = router.clone();
         let busy = busy.clone();
         tokio::spawn(async move {
             let result = match w {
@@ -42,12 +58,12 @@ pub async fn run(gateway: Arc<Gateway>, mut work: UnboundedReceiver<ResolverWork
                     commit,
                     ts,
                     participants,
-                } => push(&gateway, coordinator, txn, commit, ts, &participants).await,
+                } => push(&*router, coordinator, txn, commit, ts, &participants).await,
                 ResolverWork::Inquire {
                     group,
                     coordinator,
                     txn,
-                } => inquire(&gateway, group, coordinator, txn).await,
+                } => inquire(&*router, group, coordinator, txn).await,
             };
             if let Err(e) = result {
                 tracing::debug!(txn, error = %e, "two-phase commit housekeeping will be retried");
@@ -70,23 +86,16 @@ fn request(group: GroupId, txn: u64, op: pb::txn_request::Op) -> pb::TxnRequest 
 }
 
 async fn step(
-    gateway: &Gateway,
+    router: &dyn LeaderRouter,
     group: GroupId,
     txn: u64,
     op: pb::txn_request::Op,
 ) -> Result<pb::TxnResponse, String> {
-    let route = gateway
-        .route_group(group)
-        .await
-        .map_err(|e| e.to_string())?;
-    gateway
-        .txn_step(&route, request(group, txn, op))
-        .await
-        .map_err(|e| e.to_string())
+    router.txn_step(group, request(group, txn, op)).await
 }
 
 async fn push(
-    gateway: &Gateway,
+    router: &dyn LeaderRouter,
     coordinator: GroupId,
     txn: u64,
     commit: bool,
@@ -95,7 +104,7 @@ async fn push(
 ) -> Result<(), String> {
     let calls = participants.iter().map(|p| {
         step(
-            gateway,
+            router,
             GroupId(*p),
             txn,
             pb::txn_request::Op::Resolve(pb::ResolveOp {
@@ -108,7 +117,7 @@ async fn push(
         result?;
     }
     step(
-        gateway,
+        router,
         coordinator,
         txn,
         pb::txn_request::Op::Forget(pb::ForgetOp {}),
@@ -119,13 +128,13 @@ async fn push(
 }
 
 async fn inquire(
-    gateway: &Gateway,
+    router: &dyn LeaderRouter,
     group: GroupId,
     coordinator: GroupId,
     txn: u64,
 ) -> Result<(), String> {
     let status = step(
-        gateway,
+        router,
         coordinator,
         txn,
         pb::txn_request::Op::Status(pb::StatusOp {}),
@@ -137,7 +146,7 @@ async fn inquire(
         _ => return Err("coordinator has no outcome yet".into()),
     };
     step(
-        gateway,
+        router,
         group,
         txn,
         pb::txn_request::Op::Resolve(pb::ResolveOp {

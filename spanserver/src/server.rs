@@ -1,6 +1,6 @@
-//! A spanserver process: storage, the multi-Raft driver, the gRPC services, the gateway and the
-//! PostgreSQL listener, wired together; plus registration and heartbeats with the placement
-//! driver.
+//! A tablet server: storage, the multi-Raft driver, the gRPC services and two-phase-commit
+//! housekeeping, wired together; plus registration and heartbeats with the placement driver.
+//! The SQL front end is composed beside it by the process that runs it (`meridian-node`).
 //!
 //! [`run`] owns every task it starts and returns after `shutdown` fires and they have stopped.
 
@@ -16,11 +16,11 @@ use meridian_truetime::TrueTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::gateway::{Gateway, GatewayStore};
 use crate::metrics::ServerMetrics;
 use crate::raft::driver::{self, Creation, DriverConfig, DriverHandle, Event, Registry};
 use crate::raft::transport::Transport;
 use crate::raft::{GroupId, ServerId};
+use crate::resolver::LeaderRouter;
 use crate::service::{EngineSlot, RaftService, TabletService};
 use crate::storage::engine::Engine;
 use crate::storage::rocks::RocksEngine;
@@ -47,8 +47,9 @@ pub struct ServerOptions {
     /// The gRPC address to give other servers, when it differs from `listen` (e.g. listening on
     /// 0.0.0.0).
     pub advertise: Option<String>,
-    /// PostgreSQL wire-protocol address.
-    pub pg_listen: SocketAddr,
+    /// The address of the SQL front end composed with this server, if any, as the placement
+    /// driver should list it for clients.
+    pub sql_addr: Option<String>,
     /// Placement driver addresses.
     pub pd: Vec<String>,
     /// Where to serve `/metrics` and `/health` over HTTP, if anywhere.
@@ -86,15 +87,16 @@ pub enum ServerError {
 #[derive(Clone, Debug)]
 pub struct BoundAddrs {
     pub grpc: SocketAddr,
-    pub pg: SocketAddr,
     pub metrics: Option<SocketAddr>,
 }
 
 /// Runs a spanserver until `shutdown` changes to true. `bound` (if given) learns the addresses
-/// it listens on once it does.
+/// it listens on once it does. Two-phase-commit housekeeping reaches other groups through
+/// `router`.
 pub async fn run(
     opts: ServerOptions,
     tt: Arc<dyn TrueTime>,
+    router: Arc<dyn LeaderRouter>,
     mut shutdown: watch::Receiver<bool>,
     bound: Option<tokio::sync::oneshot::Sender<BoundAddrs>>,
 ) -> Result<(), ServerError> {
@@ -117,13 +119,6 @@ pub async fn run(
             addr: opts.listen.clone(),
             source,
         })?;
-    let pg_listener =
-        TcpListener::bind(opts.pg_listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: opts.pg_listen.to_string(),
-                source,
-            })?;
     let metrics_listener = match opts.metrics_listen {
         Some(addr) => {
             Some(
@@ -139,7 +134,6 @@ pub async fn run(
     };
     let addrs = BoundAddrs {
         grpc: grpc_listener.local_addr()?,
-        pg: pg_listener.local_addr()?,
         metrics: metrics_listener
             .as_ref()
             .map(|l| l.local_addr())
@@ -148,7 +142,7 @@ pub async fn run(
     let metrics =
         ServerMetrics::new(opts.id).map_err(|e| ServerError::Options(format!("metrics: {e}")))?;
     let server = ServerId(opts.id);
-    tracing::info!(server = opts.id, zone = %opts.zone, grpc = %addrs.grpc, pg = %addrs.pg, "spanserver starting");
+    tracing::info!(server = opts.id, zone = %opts.zone, grpc = %addrs.grpc, "spanserver starting");
 
     let transport = Transport::new(server, tokio::runtime::Handle::current());
     let registry: Registry = Default::default();
@@ -165,8 +159,7 @@ pub async fn run(
         lease: opts.lease,
     })?;
 
-    let gateway = Gateway::new(opts.pd.clone(), tt.clone(), Some(opts.zone.clone()));
-    let resolver = tokio::spawn(crate::resolver::run(gateway.clone(), resolver_rx));
+    let resolver = tokio::spawn(crate::resolver::run(router.clone(), resolver_rx));
     let engine_slot = EngineSlot::new(engine.clone());
     if !opts.commit_wait {
         tracing::warn!("commit wait is DISABLED: commits are not externally consistent");
@@ -199,14 +192,6 @@ pub async fn run(
             ),
     );
 
-    let store = Arc::new(GatewayStore {
-        gateway: gateway.clone(),
-    });
-    let mut pg_shutdown = shutdown.clone();
-    let pg = tokio::spawn(meridian_sql::serve(pg_listener, store, async move {
-        let _ = pg_shutdown.wait_for(|s| *s).await;
-    }));
-
     let metrics_http = metrics_listener.map(|listener| {
         let mut stop = shutdown.clone();
         let registries = vec![metrics.registry.clone()];
@@ -223,7 +208,7 @@ pub async fn run(
         id: opts.id,
         zone: opts.zone.clone(),
         addr: advertised_addr(&opts, addrs.grpc),
-        pg_addr: addrs.pg.to_string(),
+        pg_addr: opts.sql_addr.clone().unwrap_or_default(),
     };
     let heartbeats = tokio::spawn(heartbeat_loop(
         opts.pd.clone(),
@@ -231,7 +216,7 @@ pub async fn run(
         registry.clone(),
         driver.clone(),
         transport.clone(),
-        gateway.clone(),
+        router,
         shutdown.clone(),
     ));
     if let Some(b) = bound {
@@ -247,7 +232,6 @@ pub async fn run(
     if let Some(task) = metrics_http {
         stop_within_grace(task).await;
     }
-    stop_within_grace(pg).await;
     // Hand over leadership cleanly: give up every lease (logged through Raft, which still
     // needs the gRPC server for acknowledgements), so the next leaders need not wait out the
     // rest of ours.
@@ -308,7 +292,7 @@ async fn heartbeat_loop(
     registry: Registry,
     driver: DriverHandle,
     transport: Arc<Transport>,
-    gateway: Arc<Gateway>,
+    router: Arc<dyn LeaderRouter>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut registered = false;
@@ -378,7 +362,7 @@ async fn heartbeat_loop(
         for s in &resp.servers {
             transport.set_address(ServerId(s.id), s.addr.clone());
         }
-        gateway.install_servers(resp.servers);
+        router.learn_servers(resp.servers);
         for t in resp.assigned {
             if registry.read().contains_key(&GroupId(t.group_id)) {
                 continue;

@@ -26,13 +26,12 @@ use crate::raft::{GroupId, ServerId};
 use crate::storage::engine::Engine;
 use crate::storage::mvcc;
 use crate::tablet::lock_table::Span;
+use crate::tablet::reads::{self, ReadAt, ReadPlan, ReadRefusal, ReadState};
 use crate::tablet::{self, KeyRange, ReplicaDescriptor, TxnMeta};
 
 /// How long a commit may wait for its Raft round before its outcome is reported as unknown.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How far back snapshot reads may go. Versions older than this are eligible for garbage
-/// collection, so reads below it are refused rather than answered from a partial history.
-pub const GC_HORIZON: Duration = Duration::from_secs(3600);
+pub use crate::tablet::reads::GC_HORIZON;
 /// How long a transaction step may wait for locks before it gives up (wound-wait already
 /// bounds waits; this catches a holder that stopped making progress).
 pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,68 +105,49 @@ impl TabletService {
     }
 
     /// The timestamp a lock-free read is served at, once this replica's safe time covers it
-    /// (see `ScanRequest` in `meridian.proto`).
+    /// (see `ScanRequest` in `meridian.proto`; the rules are [`reads::plan_read`]'s).
     async fn snapshot_ts(
         &self,
         group: GroupId,
         replica: &ReplicaShared,
         req: &pb::ScanRequest,
     ) -> Result<Timestamp, pb::TabletError> {
-        let leader = serving_now(replica, self.tt.as_ref());
-        let now = self.tt.now();
-        let unavailable = |m: String| pb::TabletError {
-            kind: Some(Kind::Unavailable(m)),
-        };
-        if req.read_ts > 0 {
-            let horizon = now.earliest.0.saturating_sub(GC_HORIZON.as_nanos() as u64);
-            if req.read_ts < horizon {
-                return Err(pb::TabletError {
-                    kind: Some(Kind::InvalidTimestamp(format!(
-                        "read timestamp {} is older than the garbage collection horizon ({}s \
-                         ago): versions that old may be gone",
-                        req.read_ts,
-                        GC_HORIZON.as_secs()
-                    ))),
-                });
+        let state = read_state(replica, self.tt.as_ref());
+        let at = if req.read_ts > 0 {
+            ReadAt::Exact(req.read_ts)
+        } else if req.max_staleness_ns > 0 {
+            ReadAt::Bounded {
+                max_staleness_ns: req.max_staleness_ns,
             }
-            let budget = if leader {
-                LOCK_WAIT_TIMEOUT
-            } else {
-                Duration::from_millis(u64::from(req.max_wait_ms))
-            };
-            return wait_safe(replica, req.read_ts, leader, budget)
-                .await
-                .map(|()| Timestamp(req.read_ts))
-                .map_err(unavailable);
-        }
-        if req.max_staleness_ns > 0 {
-            // Bounded staleness: the freshest timestamp this replica can serve right now.
-            let safe = safe_ts(replica);
-            let oldest = now.earliest.0.saturating_sub(req.max_staleness_ns);
-            return if safe >= oldest {
-                Ok(Timestamp(safe))
-            } else {
-                Err(unavailable(format!(
-                    "this replica's safe time is {} ms behind",
-                    now.earliest.0.saturating_sub(safe) / 1_000_000
-                )))
-            };
-        }
-        if !leader {
-            return Err(pb::TabletError {
-                kind: Some(Kind::NotLeader(pb::NotLeader {
+        } else {
+            ReadAt::LeaderLatest
+        };
+        let refused = |refusal: ReadRefusal| pb::TabletError {
+            kind: Some(match refusal {
+                r if r.is_invalid_timestamp() => Kind::InvalidTimestamp(r.to_string()),
+                ReadRefusal::NotLeader => Kind::NotLeader(pb::NotLeader {
                     group_id: group.0,
                     leader_server: replica.leader.load(Ordering::Acquire),
-                })),
-            });
+                }),
+                r => Kind::Unavailable(r.to_string()),
+            }),
+        };
+        match reads::plan_read(at, &state, self.tt.now()).map_err(refused)? {
+            ReadPlan::Now { ts } => Ok(Timestamp(ts)),
+            ReadPlan::Wait { ts, raise_floor } => {
+                let budget = if state.leader {
+                    LOCK_WAIT_TIMEOUT
+                } else {
+                    Duration::from_millis(u64::from(req.max_wait_ms))
+                };
+                wait_safe(replica, ts, raise_floor, budget)
+                    .await
+                    .map(|()| Timestamp(ts))
+                    .map_err(|m| pb::TabletError {
+                        kind: Some(Kind::Unavailable(m)),
+                    })
+            }
         }
-        // A strong read of this one group at the leader's last commit timestamp: every commit
-        // acknowledged so far is applied, so it is at or below it.
-        let read_ts = replica.max_applied_ts.load(Ordering::Acquire);
-        wait_safe(replica, read_ts, true, LOCK_WAIT_TIMEOUT)
-            .await
-            .map(|()| Timestamp(read_ts))
-            .map_err(unavailable)
     }
 
     /// The replica of `group` if it may serve leader requests now, else the error to return.
@@ -203,52 +183,50 @@ fn serving_now(replica: &ReplicaShared, tt: &dyn TrueTime) -> bool {
         && tt.now().latest.0 < replica.lease_expiration.load(Ordering::Acquire)
 }
 
-/// The newest timestamp `replica` can serve a snapshot read at without waiting: everything is
-/// applied up to its largest applied timestamp, except transactions prepared and in doubt.
-fn safe_ts(replica: &ReplicaShared) -> u64 {
-    let applied = replica.max_applied_ts.load(Ordering::Acquire);
-    let prepared = replica.min_prepared_ts.load(Ordering::Acquire);
-    applied.min(prepared.saturating_sub(1))
+/// What `replica` knows now, as the read rules need it.
+fn read_state(replica: &ReplicaShared, tt: &dyn TrueTime) -> ReadState {
+    ReadState {
+        leader: serving_now(replica, tt),
+        max_applied: replica.max_applied_ts.load(Ordering::Acquire),
+        min_prepared: replica.min_prepared_ts.load(Ordering::Acquire),
+        split_floor: replica.split_floor.load(Ordering::Acquire),
+    }
 }
 
 /// Waits until `replica` can serve a snapshot read at `ts`, for at most `budget`.
 ///
-/// At a leader, `ts` first becomes a floor under every timestamp assigned from now on; then
-/// only entries already assigned a timestamp at or below `ts` must apply. A follower waits for
-/// the leader's entries (commits or closed timestamps) to carry its applied timestamp to `ts`.
-/// Either way, transactions prepared below `ts` must be resolved first.
+/// With `raise_floor` (a leader), `ts` first becomes a floor under every timestamp assigned
+/// from now on, so only entries already assigned at or below `ts` must apply
+/// ([`reads::applied_target`]); a follower waits for the leader's entries (commits or closed
+/// timestamps) to carry its applied timestamp to `ts`. Either way, transactions prepared below
+/// `ts` must be resolved first ([`reads::is_safe`]).
 async fn wait_safe(
     replica: &ReplicaShared,
     ts: u64,
-    leader: bool,
+    raise_floor: bool,
     budget: Duration,
 ) -> Result<(), String> {
-    if leader && ts > replica.split_floor.load(Ordering::Acquire) {
-        return Err("the tablet is splitting; retry".into());
-    }
-    let target = if leader {
+    let last_assigned = if raise_floor {
         let mut state = replica.ts.lock();
         state.read_floor = state.read_floor.max(ts);
-        state.last_assigned.min(ts)
+        state.last_assigned
     } else {
-        ts
+        0
     };
+    let target = reads::applied_target(ts, raise_floor, last_assigned);
     let deadline = tokio::time::Instant::now() + budget;
     loop {
-        let applied = replica.max_applied_ts.load(Ordering::Acquire);
-        let prepared = replica.min_prepared_ts.load(Ordering::Acquire);
-        if applied >= target && prepared >= ts {
+        let state = ReadState {
+            leader: raise_floor,
+            max_applied: replica.max_applied_ts.load(Ordering::Acquire),
+            min_prepared: replica.min_prepared_ts.load(Ordering::Acquire),
+            split_floor: u64::MAX,
+        };
+        if reads::is_safe(ts, target, &state) {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(if prepared < ts {
-                "a transaction prepared below the read timestamp is still in doubt".into()
-            } else {
-                format!(
-                    "this replica's safe time is {} ms behind the read timestamp",
-                    ts.saturating_sub(applied) / 1_000_000
-                )
-            });
+            return Err(reads::still_waiting(ts, &state));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::{encode_key_datum, index_prefix, prefix_end, PRIMARY_INDEX_ID};
 use crate::error::{Result, SqlError};
-use crate::store::{table_prefix, ReadBound, Store, Transaction};
+use meridian_kv::{Client, ReadBound, Txn};
+
+use crate::encoding::table_prefix;
 use crate::types::{DataType, Datum};
 
 /// The system table holding table descriptors.
@@ -108,7 +110,7 @@ fn decode_descriptor(bytes: &[u8]) -> Result<TableDesc> {
 }
 
 /// Reads the descriptor of `name` inside `txn`.
-pub async fn get_table(txn: &mut dyn Transaction, name: &str) -> Result<Option<TableDesc>> {
+pub async fn get_table(txn: &mut Txn, name: &str) -> Result<Option<TableDesc>> {
     match txn.get(&descriptor_key(name)).await? {
         Some(bytes) => decode_descriptor(&bytes).map(Some),
         None => Ok(None),
@@ -116,18 +118,19 @@ pub async fn get_table(txn: &mut dyn Transaction, name: &str) -> Result<Option<T
 }
 
 /// Writes a new descriptor inside `txn`; the caller has checked the name is free.
-pub fn put_table(txn: &mut dyn Transaction, desc: &TableDesc) -> Result<()> {
-    txn.put(descriptor_key(&desc.name), encode_descriptor(desc)?);
+pub fn put_table(txn: &mut Txn, desc: &TableDesc) -> Result<()> {
+    txn.put(descriptor_key(&desc.name), encode_descriptor(desc)?)?;
     Ok(())
 }
 
 /// Deletes the descriptor of `name` inside `txn`.
-pub fn delete_table(txn: &mut dyn Transaction, name: &str) {
-    txn.delete(descriptor_key(name));
+pub fn delete_table(txn: &mut Txn, name: &str) -> Result<()> {
+    txn.delete(descriptor_key(name))?;
+    Ok(())
 }
 
 /// All table descriptors, in name order, read inside `txn`.
-pub async fn list_tables(txn: &mut dyn Transaction) -> Result<Vec<TableDesc>> {
+pub async fn list_tables(txn: &mut Txn) -> Result<Vec<TableDesc>> {
     let start = index_prefix(CATALOG_TABLE_ID, PRIMARY_INDEX_ID);
     let end = prefix_end(&start).unwrap_or_else(|| table_prefix(CATALOG_TABLE_ID + 1));
     let mut tables = Vec::new();
@@ -154,16 +157,16 @@ pub type TableSet = HashMap<String, Option<Arc<TableDesc>>>;
 
 /// Reads the descriptors of `names` in one short read-only transaction of its own (see the
 /// module doc for why it is separate from the user's transaction).
-pub async fn read_tables(store: &dyn Store, names: &[String]) -> Result<TableSet> {
+pub async fn read_tables(store: &Client, names: &[String]) -> Result<TableSet> {
     let mut tables = TableSet::new();
     if names.is_empty() {
         return Ok(tables);
     }
     // A lock-free strong snapshot: one round trip per lookup, no locks to release after.
-    let mut txn = store.begin_read_only(ReadBound::Strong).await?;
+    let mut txn = Txn::from(store.begin_read_only(ReadBound::Strong));
     let mut result = Ok(());
     for name in names {
-        match get_table(txn.as_mut(), name).await {
+        match get_table(&mut txn, name).await {
             Ok(desc) => {
                 tables.insert(name.clone(), desc.map(Arc::new));
             }

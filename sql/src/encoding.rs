@@ -3,7 +3,7 @@
 //! ## Keys
 //!
 //! A row's key is `table_prefix(table_id) ++ index_id ++ key columns…` where `table_prefix` is
-//! the 4-byte big-endian table id ([`crate::store::table_prefix`]), `index_id` is one byte
+//! the 4-byte big-endian table id ([`table_prefix`], from `meridian_common::keys`), `index_id` is one byte
 //! ([`PRIMARY_INDEX_ID`] = 1 for the primary key; secondary indexes will take 2, 3, …), and each
 //! key column is encoded so that **byte order equals value order** and each encoding is
 //! self-delimiting, so a composite key orders column by column:
@@ -31,7 +31,10 @@
 //! never panic.
 
 use crate::error::{Result, SqlError};
-use crate::store::table_prefix;
+/// The first key of table `id`'s rows: the key layout's table prefix.
+pub fn table_prefix(id: u32) -> Vec<u8> {
+    meridian_common::keys::table_prefix(meridian_common::TableId(id))
+}
 use crate::types::{DataType, Datum};
 
 /// The index id of every table's primary index.

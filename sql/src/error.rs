@@ -13,11 +13,11 @@
 //!   transaction block, or before the first query of one.
 //! - **report a bug**: [`SqlError::Internal`] (XX000).
 //!
-//! Storage errors map as: `StoreError::Retryable` → 40001, `Unavailable` → 58000,
-//! `NotSupported` → 0A000, `InvalidTimestamp` → 22023 (a read timestamp the store cannot serve,
-//! such as one in the future; its message is passed through), `Internal` → XX000.
-
-use crate::store::StoreError;
+//! KV client errors ([`meridian_kv::Error`]) map as: `Aborted` → 40001, `Ambiguous` → 40003
+//! (statement completion unknown: the commit may have applied, so it must not be retried
+//! blindly), `Unavailable` → 58000, `InvalidTimestamp` and `InvalidArgument` → 22023 (a read
+//! timestamp the store cannot serve, such as one in the future; the message is passed through),
+//! `LimitExceeded` → 54000, `Internal` → XX000.
 
 /// Everything that can go wrong while running a SQL statement.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -26,6 +26,10 @@ pub enum SqlError {
     /// The transaction conflicted with another one and was aborted (40001).
     #[error("restart transaction: {0}")]
     Retryable(String),
+    /// The commit's outcome is unknown: it may or may not have applied (40003). Retrying
+    /// blindly could apply it twice; read back to find out.
+    #[error("result is ambiguous: {0}")]
+    StatementCompletionUnknown(String),
     /// The cluster could not serve the request in time (58000).
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
@@ -139,6 +143,9 @@ pub enum SqlError {
     ObjectNotInPrerequisiteState(String),
 
     // ---- report a bug ----
+    /// A resource the statement needs ran out (54000).
+    #[error("limit exceeded: {0}")]
+    ProgramLimitExceeded(String),
     /// A bug or corrupt data (XX000).
     #[error("internal error: {0}")]
     Internal(String),
@@ -149,6 +156,8 @@ impl SqlError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             SqlError::Retryable(_) => "40001",
+            SqlError::StatementCompletionUnknown(_) => "40003",
+            SqlError::ProgramLimitExceeded(_) => "54000",
             SqlError::Unavailable(_) => "58000",
             SqlError::Syntax(_) => "42601",
             SqlError::UndefinedTable(_) => "42P01",
@@ -192,17 +201,45 @@ impl SqlError {
     }
 }
 
-impl From<StoreError> for SqlError {
-    fn from(e: StoreError) -> SqlError {
+impl From<meridian_kv::Error> for SqlError {
+    fn from(e: meridian_kv::Error) -> SqlError {
+        use meridian_kv::Error;
         match e {
-            StoreError::Retryable(m) => SqlError::Retryable(m),
-            StoreError::Unavailable(m) => SqlError::Unavailable(m),
-            StoreError::NotSupported(m) => SqlError::NotSupported(m),
-            StoreError::InvalidTimestamp(m) => SqlError::InvalidParameterValue(m),
-            StoreError::Internal(m) => SqlError::Internal(m),
+            Error::Aborted(m) => SqlError::Retryable(m),
+            Error::Ambiguous(m) => SqlError::StatementCompletionUnknown(m),
+            Error::Unavailable(m) => SqlError::Unavailable(m),
+            Error::InvalidTimestamp(m) | Error::InvalidArgument(m) => {
+                SqlError::InvalidParameterValue(m)
+            }
+            Error::LimitExceeded(m) => SqlError::ProgramLimitExceeded(m),
+            Error::Internal(m) => SqlError::Internal(m),
         }
     }
 }
 
 /// The crate's result type.
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_errors_map_to_the_sqlstate_that_says_what_to_do() {
+        use meridian_kv::Error;
+        let cases = [
+            (Error::Aborted("wounded".into()), "40001"),
+            (Error::Ambiguous("lost the leader".into()), "40003"),
+            (Error::Unavailable("no leader".into()), "58000"),
+            (Error::InvalidTimestamp("in the future".into()), "22023"),
+            (Error::InvalidArgument("bad split key".into()), "22023"),
+            (Error::LimitExceeded("table ids".into()), "54000"),
+            (Error::Internal("bug".into()), "XX000"),
+        ];
+        for (kv, code) in cases {
+            let sql = SqlError::from(kv.clone());
+            assert_eq!(sql.sqlstate(), code, "{kv:?}");
+            assert_eq!(sql.is_retryable(), kv.is_retryable(), "{kv:?}");
+        }
+    }
+}

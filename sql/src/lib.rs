@@ -12,7 +12,7 @@
 //!    itself; for a query or DML statement it reads the descriptors of the tables it names in a
 //!    short catalog transaction of its own ([`catalog::read_tables`]), and picks the storage
 //!    transaction: the explicit one, or for autocommit a read-only snapshot
-//!    ([`store::Store::begin_read_only`]) for queries and a read-write one for DML.
+//!    ([`meridian_kv::Client::begin_read_only`]) for queries and a read-write one for DML.
 //! 4. [`binder::bind_statement`] resolves names and types and builds a logical [`plan::Plan`]
 //!    (scan → filter → aggregate → project → sort → limit, or insert/update/delete over a scan).
 //! 5. [`optimizer::optimize`] pushes the WHERE clause into the scan and derives primary-key
@@ -39,18 +39,15 @@ pub mod encoding;
 pub mod error;
 pub mod executor;
 pub mod expr;
-pub mod memstore;
 pub mod optimizer;
 pub mod parser;
 pub mod plan;
 pub mod server;
 pub mod session;
-pub mod store;
 pub mod timestamp;
 pub mod types;
 
 pub use error::SqlError;
-pub use memstore::MemStore;
 pub use server::serve;
 
 pub use session::{Session, StatementResult, TransactionStatus};

@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use crate::error::{Result, SqlError};
-use crate::store::ReadBound;
+use meridian_kv::ReadBound;
 
 /// When an `AS OF SYSTEM TIME` query reads, as written (relative times are resolved by the
 /// store when the transaction first reads).

@@ -31,7 +31,7 @@
 //! | conflict | 40001 from any statement, COMMIT included | retry the same transfer |
 //! | failed before commit | any other error, or a lost connection, before COMMIT | reconnect, retry |
 //! | rejected at commit | a non-ambiguous error from COMMIT other than 40001 | reconnect, retry |
-//! | unknown | "ambiguous" error, lost connection or timeout during COMMIT | record it, move on |
+//! | unknown | 40003 ("ambiguous"), lost connection or timeout during COMMIT | record it, move on |
 //!
 //! "Rejected at commit" trusts the server's word that a non-ambiguous failure did not apply; if
 //! the balances then fail check 2, the failure says whether counting those transfers as unknown
@@ -52,8 +52,9 @@ use std::time::{Duration, SystemTime};
 
 use meridian_proto as pb;
 use meridian_proto::placement_driver_client::PlacementDriverClient;
+use meridian_sql::encoding::table_prefix;
 use meridian_sql::encoding::{encode_key_datum, index_prefix, PRIMARY_INDEX_ID};
-use meridian_sql::store::{table_prefix, FIRST_USER_TABLE_ID};
+const FIRST_USER_TABLE_ID: u32 = meridian_common::keys::FIRST_USER_TABLE_ID.0;
 use meridian_sql::types::Datum;
 use meridian_tests::cluster::LOG_TAIL_LINES;
 use meridian_tests::{log_tail, retry_until, BoxError, Cluster};
@@ -843,7 +844,9 @@ impl StepError {
         let text = describe(error);
         if error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) {
             StepError::Conflict(text)
-        } else if text.to_lowercase().contains("ambiguous") {
+        } else if error.code() == Some(&SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN)
+            || text.to_lowercase().contains("ambiguous")
+        {
             StepError::Ambiguous(text)
         } else if error.is_closed() || error.as_db_error().is_none() {
             StepError::Lost(text)

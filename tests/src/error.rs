@@ -52,29 +52,7 @@ impl fmt::Debug for HarnessError {
     }
 }
 
-/// Describes an error with its whole `source()` chain, `: `-separated, and the SQLSTATE when a
-/// PostgreSQL error is in the chain. tokio-postgres's own `Display` says only "db error" or
-/// "error connecting to server" and leaves the reason to the chain, which is what a failing
-/// test needs to show.
-pub fn describe_error(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut code = None;
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(link) = current {
-        if let Some(pg) = link.downcast_ref::<tokio_postgres::Error>() {
-            code = code.or_else(|| pg.code().map(|code| code.code().to_string()));
-        }
-        if let Some(source) = link.source() {
-            text.push_str(": ");
-            text.push_str(&source.to_string());
-        }
-        current = link.source();
-    }
-    if let Some(code) = code {
-        text.push_str(&format!(" (SQLSTATE {code})"));
-    }
-    text
-}
+pub use meridian_client::pg::describe_error;
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,6 @@
 //! and root), clock skew, and in-process nodes with transport filters; those belong to suites
 //! built on top of this one.
 
-pub mod bench;
 pub mod cluster;
 pub mod demo;
 mod error;

@@ -7,14 +7,10 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, Config, NoTls};
-
 /// The user tests connect as.
 pub const USER: &str = "root";
 /// The database tests connect to.
 pub const DATABASE: &str = "meridian";
-/// How long a connection attempt may take before it fails.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The statement that proves a server serves SQL: it needs the catalog, so it needs the
 /// cluster, not just an open port.
 pub const READINESS_PROBE: &str = "SHOW TABLES";
@@ -30,20 +26,7 @@ pub fn pg_url(port: u16) -> String {
     format!("postgresql://{USER}@127.0.0.1:{port}/{DATABASE}")
 }
 
-/// Connects to `config` (either form) without TLS, with [`CONNECT_TIMEOUT`], and spawns the
-/// connection task.
-pub async fn connect(config: &str) -> Result<Client, tokio_postgres::Error> {
-    let mut config: Config = config.parse()?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
-    }
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        // The client reports the broken connection on its next statement.
-        let _ = connection.await;
-    });
-    Ok(client)
-}
+pub use meridian_client::pg::{connect, CONNECT_TIMEOUT};
 
 /// Connects and runs [`READINESS_PROBE`] once.
 pub async fn probe(config: &str) -> Result<(), tokio_postgres::Error> {

@@ -31,6 +31,7 @@
 //! `min(max applied timestamp, smallest prepare timestamp in doubt - 1)`.
 
 pub mod lock_table;
+pub mod reads;
 pub mod snapshot;
 
 use meridian_truetime::Timestamp;

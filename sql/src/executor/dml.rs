@@ -18,15 +18,11 @@ use crate::catalog::TableDesc;
 use crate::error::{Result, SqlError};
 use crate::expr::ScalarExpr;
 use crate::plan::Plan;
-use crate::store::Transaction;
 use crate::types::{cast, CastKind, DataType, Datum, Row};
+use meridian_kv::Txn;
 
 /// Runs a DML plan.
-pub async fn execute(
-    plan: &Plan,
-    txn: &mut dyn Transaction,
-    params: &[Datum],
-) -> Result<ExecOutput> {
+pub async fn execute(plan: &Plan, txn: &mut Txn, params: &[Datum]) -> Result<ExecOutput> {
     match plan {
         Plan::Insert {
             table,
@@ -77,7 +73,7 @@ pub async fn execute(
                 let (old_key, _) = encode_table_row(table, old)?;
                 let (new_key, value) = encode_table_row(table, new)?;
                 if key_changes && old_key != new_key {
-                    txn.delete(old_key.clone());
+                    txn.delete(old_key.clone())?;
                 }
                 encoded.push((old_key, new_key, value));
             }
@@ -87,7 +83,7 @@ pub async fn execute(
                         table: table.name.clone(),
                     });
                 }
-                txn.put(new_key, value);
+                txn.put(new_key, value)?;
             }
             let written = changes.into_iter().map(|(_, new)| new).collect();
             finish(written, returning.as_deref(), params)
@@ -100,7 +96,7 @@ pub async fn execute(
             let rows = run(source, txn, params, None).await?;
             for row in &rows {
                 let (key, _) = encode_table_row(table, row)?;
-                txn.delete(key);
+                txn.delete(key)?;
             }
             finish(rows, returning.as_deref(), params)
         }
@@ -148,7 +144,7 @@ fn build_insert_row(
 }
 
 /// Writes one new row, generating the hidden row id if the table has one and it was not given.
-async fn insert_row(table: &TableDesc, txn: &mut dyn Transaction, mut row: Row) -> Result<Row> {
+async fn insert_row(table: &TableDesc, txn: &mut Txn, mut row: Row) -> Result<Row> {
     let generated: Vec<usize> = table
         .columns
         .iter()
@@ -165,7 +161,7 @@ async fn insert_row(table: &TableDesc, txn: &mut dyn Transaction, mut row: Row) 
         }
         let (key, value) = encode_table_row(table, &row)?;
         if txn.get(&key).await?.is_none() {
-            txn.put(key, value);
+            txn.put(key, value)?;
             return Ok(row);
         }
         // A generated id that collides (another gateway, same millisecond and node bits) is

@@ -27,8 +27,8 @@ use crate::encoding::encode_group_key;
 use crate::error::{Result, SqlError};
 use crate::expr::{truth, ScalarExpr};
 use crate::plan::{Plan, SortKey};
-use crate::store::Transaction;
 use crate::types::{Datum, Row};
+use meridian_kv::Txn;
 
 /// What running a plan produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,11 +40,7 @@ pub struct ExecOutput {
 }
 
 /// Runs `plan` inside `txn` with parameter values `params` (already of the bound types).
-pub async fn execute(
-    plan: &Plan,
-    txn: &mut dyn Transaction,
-    params: &[Datum],
-) -> Result<ExecOutput> {
+pub async fn execute(plan: &Plan, txn: &mut Txn, params: &[Datum]) -> Result<ExecOutput> {
     match plan {
         Plan::Insert { .. } | Plan::Update { .. } | Plan::Delete { .. } => {
             dml::execute(plan, txn, params).await
@@ -62,7 +58,7 @@ pub async fn execute(
 /// Runs a query operator, producing at least `budget` rows if it has them (more is fine).
 pub(crate) fn run<'a>(
     plan: &'a Plan,
-    txn: &'a mut dyn Transaction,
+    txn: &'a mut Txn,
     params: &'a [Datum],
     budget: Option<usize>,
 ) -> BoxFuture<'a, Result<Vec<Row>>> {

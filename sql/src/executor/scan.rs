@@ -5,8 +5,8 @@ use crate::encoding::{decode_key_datum, decode_row, encode_key_datum, encode_row
 use crate::error::{Result, SqlError};
 use crate::expr::{truth, ScalarExpr};
 use crate::plan::KeyBounds;
-use crate::store::Transaction;
 use crate::types::{DataType, Datum, Row, TypeFamily};
+use meridian_kv::Txn;
 
 /// Rows read per storage call.
 pub const PAGE_SIZE: usize = 1000;
@@ -88,7 +88,7 @@ pub async fn run(
     table: &TableDesc,
     bounds: &KeyBounds,
     filter: Option<&ScalarExpr>,
-    txn: &mut dyn Transaction,
+    txn: &mut Txn,
     params: &[Datum],
     budget: Option<usize>,
 ) -> Result<Vec<Row>> {

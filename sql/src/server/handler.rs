@@ -33,8 +33,8 @@ use crate::plan::OutputColumn;
 use crate::session::{
     self, CommandTag, Description, Session, Statement, StatementResult, TransactionStatus,
 };
-use crate::store::Store;
 use crate::types::DataType;
+use meridian_kv::Client;
 
 /// A statement prepared with Parse: the parsed statement and what Describe reports.
 #[derive(Debug, Clone)]
@@ -365,7 +365,7 @@ fn check_same_columns(
 
 /// Parses and describes statements for the extended protocol.
 pub struct Parser {
-    store: Arc<dyn Store>,
+    store: Client,
 }
 
 #[async_trait]
@@ -396,7 +396,7 @@ impl QueryParser for Parser {
             .map(|t| codec::from_pg_type(t.as_ref()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(user_error)?;
-        let description = session::describe(self.store.as_ref(), &statement, &declared)
+        let description = session::describe(&self.store, &statement, &declared)
             .await
             .map_err(user_error)?;
         Ok(Some(Prepared {

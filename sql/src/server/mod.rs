@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::session::Session;
-use crate::store::Store;
+use meridian_kv::Client;
 
 /// The most connections served at once; further clients wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -44,7 +44,7 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// closes every connection and returns.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<dyn Store>,
+    store: Client,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));

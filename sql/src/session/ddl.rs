@@ -14,13 +14,13 @@ use crate::catalog::{self, read_tables, TableDesc};
 use crate::encoding::encode_key_datum;
 use crate::error::{Result, SqlError};
 use crate::expr::ScalarExpr;
-use crate::store::Store;
 use crate::types::{DataType, Datum};
+use meridian_kv::Client;
 
 /// Reads `table`'s descriptor and binds the split points of `ALTER TABLE table SPLIT AT
 /// values` against its primary key.
 pub(super) async fn bind_split_at(
-    store: &dyn Store,
+    store: &Client,
     table: &ast::ObjectName,
     values: &ast::Values,
     param_types: &[DataType],
@@ -76,7 +76,7 @@ impl Session {
         params: &[Datum],
         param_types: &[DataType],
     ) -> Result<StatementResult> {
-        let (desc, bound) = bind_split_at(self.store.as_ref(), table, values, param_types).await?;
+        let (desc, bound) = bind_split_at(&self.store, table, values, param_types).await?;
         let params = coerce_params(params, &bound.param_types)?;
         let keys = split_keys(&desc, &bound.rows, &params)?;
         let mut attempt = 0;
@@ -106,11 +106,8 @@ impl Session {
         let mut attempt = 0;
         loop {
             let outcome: Result<Option<u64>> = async {
-                let mut txn = self.store.begin(None).await?;
-                if catalog::get_table(txn.as_mut(), &desc.name)
-                    .await?
-                    .is_some()
-                {
+                let mut txn = meridian_kv::Txn::from(self.store.begin(None));
+                if catalog::get_table(&mut txn, &desc.name).await?.is_some() {
                     txn.rollback().await;
                     return if if_not_exists {
                         Ok(None)
@@ -126,8 +123,8 @@ impl Session {
                         table_id
                     }
                 };
-                desc.id = table_id;
-                catalog::put_table(txn.as_mut(), &desc)?;
+                desc.id = table_id.0;
+                catalog::put_table(&mut txn, &desc)?;
                 Ok(txn.commit().await?)
             }
             .await;
@@ -158,10 +155,10 @@ impl Session {
         let mut attempt = 0;
         loop {
             let outcome: Result<Option<u64>> = async {
-                let mut txn = self.store.begin(None).await?;
+                let mut txn = meridian_kv::Txn::from(self.store.begin(None));
                 for name in &names {
-                    if catalog::get_table(txn.as_mut(), name).await?.is_some() {
-                        catalog::delete_table(txn.as_mut(), name);
+                    if catalog::get_table(&mut txn, name).await?.is_some() {
+                        catalog::delete_table(&mut txn, name)?;
                     } else if !if_exists {
                         txn.rollback().await;
                         return Err(SqlError::UndefinedTable(name.clone()));

@@ -8,7 +8,7 @@
 //!   run again from scratch, up to [`MAX_AUTOCOMMIT_RETRIES`] times with a small randomized
 //!   backoff: no result has reached the client yet, so the retry is invisible. A query (a
 //!   SELECT without FOR UPDATE / FOR SHARE) runs in a *read-only* storage transaction
-//!   ([`Store::begin_read_only`]): one lock-free snapshot, strong unless `max_staleness` is
+//!   ([`Client::begin_read_only`]): one lock-free snapshot, strong unless `max_staleness` is
 //!   set. INSERT, UPDATE, DELETE and SELECT … FOR UPDATE / FOR SHARE run read-write.
 //! - **Explicit** (BEGIN / START TRANSACTION … COMMIT / END, or ROLLBACK / ABORT): statements
 //!   share one storage transaction. Any error aborts it, and the session then refuses every
@@ -20,7 +20,7 @@
 //!   before the transaction's first query, and `SET default_transaction_read_only = on` (or
 //!   `SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY`), which makes every transaction,
 //!   autocommit ones included, read-only unless it says `READ WRITE`. They read one snapshot
-//!   through [`Store::begin_read_only`] and take no locks, so they never conflict; INSERT,
+//!   through [`Client::begin_read_only`] and take no locks, so they never conflict; INSERT,
 //!   UPDATE, DELETE, SELECT FOR UPDATE/SHARE and DDL in them fail with 25006. `SHOW
 //!   transaction_read_only` reports the mode. The snapshot is [`ReadBound::Strong`] (it sees
 //!   every transaction that committed before it), or, after `SET max_staleness = '10s'`
@@ -45,7 +45,7 @@
 //!   transaction, which is worse than refusing), and in a read-only one with 25006.
 //!   `ALTER TABLE t SPLIT AT VALUES (1), (5, 'a')` binds each row against a prefix of `t`'s
 //!   primary key columns and asks the store to start a tablet at each resulting key
-//!   ([`Store::split_at`]); the keys are exactly the storage-key prefixes of rows with those
+//!   ([`Client::split_at`]); the keys are exactly the storage-key prefixes of rows with those
 //!   primary keys.
 //!
 //! Catalog reads happen in their own short transaction for every statement
@@ -65,7 +65,6 @@ mod settings;
 mod transaction;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlparser::ast;
@@ -76,9 +75,9 @@ use crate::error::{Result, SqlError};
 use crate::executor::execute;
 use crate::optimizer::optimize;
 use crate::plan::OutputColumn;
-use crate::store::{ReadBound, Store, Transaction};
 use crate::timestamp::AsOf;
 use crate::types::{DataType, Datum, Row, TypeFamily};
+use meridian_kv::{Client, ReadBound, Txn};
 
 pub use crate::parser::{parse, Statement};
 
@@ -180,7 +179,7 @@ pub struct Description {
 /// Describes `stmt`: its parameter types (given `declared` ones from the client, `Unknown`
 /// where not declared) and result columns. Reads the catalog but runs nothing.
 pub async fn describe(
-    store: &dyn Store,
+    store: &Client,
     stmt: &Statement,
     declared: &[DataType],
 ) -> Result<Description> {
@@ -232,7 +231,7 @@ enum Access {
 
 /// An explicit transaction in progress.
 struct OpenTxn {
-    txn: Box<dyn Transaction>,
+    txn: Txn,
     access: Access,
     /// The time given by `BEGIN … AS OF SYSTEM TIME`, if any (the transaction is read-only).
     as_of: Option<AsOf>,
@@ -248,7 +247,7 @@ enum TxnState {
 
 /// One client's SQL session.
 pub struct Session {
-    store: Arc<dyn Store>,
+    store: Client,
     txn: TxnState,
     last_commit_ts: Option<u64>,
     /// The snapshot timestamp of the latest read-only transaction that read something.
@@ -266,7 +265,7 @@ pub struct Session {
 
 impl Session {
     /// A new session in autocommit mode.
-    pub fn new(store: Arc<dyn Store>) -> Session {
+    pub fn new(store: Client) -> Session {
         Session {
             store,
             txn: TxnState::Idle,
@@ -280,7 +279,7 @@ impl Session {
     }
 
     /// The store this session runs on.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Client {
         &self.store
     }
 
@@ -453,8 +452,8 @@ impl Session {
 
 /// Binds, optimizes and runs a query or DML statement inside `txn`.
 async fn run_statement(
-    store: &dyn Store,
-    txn: &mut dyn Transaction,
+    store: &Client,
+    txn: &mut Txn,
     stmt: &ast::Statement,
     params: &[Datum],
     param_types: &[DataType],

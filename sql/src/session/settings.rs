@@ -17,11 +17,9 @@ const TIMESTAMP_SETTINGS: [&str; 2] = ["commit_timestamp", "read_timestamp"];
 
 impl Session {
     pub(super) async fn show_tables(&mut self) -> Result<StatementResult> {
-        let mut txn = self
-            .store
-            .begin_read_only(crate::store::ReadBound::Strong)
-            .await?;
-        let tables = catalog::list_tables(txn.as_mut()).await;
+        let mut txn =
+            meridian_kv::Txn::from(self.store.begin_read_only(meridian_kv::ReadBound::Strong));
+        let tables = catalog::list_tables(&mut txn).await;
         txn.rollback().await;
         let rows: Vec<Row> = tables?
             .into_iter()

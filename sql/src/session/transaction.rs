@@ -9,9 +9,9 @@ use super::{
     MAX_AUTOCOMMIT_RETRIES,
 };
 use crate::error::{Result, SqlError};
-use crate::store::{ReadBound, Transaction};
 use crate::timestamp::AsOf;
 use crate::types::{DataType, Datum};
+use meridian_kv::{ReadBound, Txn};
 
 /// The access mode a list of transaction modes asks for, if any (the last one wins, as in
 /// PostgreSQL). Isolation levels are accepted and ignored: every transaction is serializable,
@@ -83,15 +83,15 @@ impl Session {
     }
 
     /// Starts a storage transaction of the given kind for an explicit transaction.
-    async fn start(&mut self, access: Access, as_of: Option<AsOf>) -> Result<Box<dyn Transaction>> {
+    async fn start(&mut self, access: Access, as_of: Option<AsOf>) -> Result<Txn> {
         Ok(match access {
             Access::ReadWrite => {
                 let priority = self.retry_priority.take();
-                self.store.begin(priority).await?
+                Txn::from(self.store.begin(priority))
             }
             Access::ReadOnly => {
                 let bound = as_of.map_or_else(|| self.default_read_bound(), AsOf::bound);
-                self.store.begin_read_only(bound).await?
+                Txn::from(self.store.begin_read_only(bound))
             }
         })
     }
@@ -193,14 +193,7 @@ impl Session {
                 }
             }
             open.queried = true;
-            let result = run_statement(
-                self.store.as_ref(),
-                open.txn.as_mut(),
-                stmt,
-                params,
-                param_types,
-            )
-            .await;
+            let result = run_statement(&self.store, &mut open.txn, stmt, params, param_types).await;
             if open.access == Access::ReadOnly {
                 if let Some(ts) = open.txn.read_ts() {
                     self.last_read_ts = Some(ts);
@@ -237,16 +230,14 @@ impl Session {
         loop {
             let outcome = async {
                 let mut txn = match read_only {
-                    Some(bound) => self.store.begin_read_only(bound).await?,
+                    Some(bound) => Txn::from(self.store.begin_read_only(bound)),
                     None => {
-                        let txn = self.store.begin(priority).await?;
+                        let txn = Txn::from(self.store.begin(priority));
                         priority = Some(txn.priority());
                         txn
                     }
                 };
-                match run_statement(self.store.as_ref(), txn.as_mut(), stmt, params, param_types)
-                    .await
-                {
+                match run_statement(&self.store, &mut txn, stmt, params, param_types).await {
                     Ok(result) => {
                         let committed = txn.commit().await?;
                         if read_only.is_some() {

@@ -96,10 +96,18 @@ impl DriverLoop {
             // A step that proposes a commit or prepare: the clock must justify a timestamp, the
             // locks must still be the ones the transaction took, and from here on nothing may
             // wound it. Otherwise it ends here and gives its locks back.
+            let failpoints = self.config.failpoints.clone();
             let ready = tt
                 .check_usable()
                 .map_err(|e| CommitError::ClockUncertain(e.to_string()))
                 .and_then(|()| epoch_ok(&held))
+                .and_then(|epoch| {
+                    if failpoints.refuse(failpoints::COMMIT_CONFLICT) {
+                        Err(Refusal::Wounded.into())
+                    } else {
+                        Ok(epoch)
+                    }
+                })
                 .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from));
             if let Err(e) = ready {
                 let effects = r.locks.release(txn);
@@ -139,10 +147,19 @@ impl DriverLoop {
                     self.answer_lock_effects(group, effects);
                     return;
                 } else {
-                    let answer = epoch_ok(&held).map(|epoch| TxnAnswer {
-                        epoch,
-                        ..Default::default()
-                    });
+                    // The validation of a transaction that wrote nothing here: its commit.
+                    let answer = epoch_ok(&held)
+                        .and_then(|epoch| {
+                            if self.config.failpoints.refuse(failpoints::COMMIT_CONFLICT) {
+                                Err(Refusal::Wounded.into())
+                            } else {
+                                Ok(epoch)
+                            }
+                        })
+                        .map(|epoch| TxnAnswer {
+                            epoch,
+                            ..Default::default()
+                        });
                     let effects = r.locks.release(txn);
                     let _ = call.reply.send(answer);
                     self.answer_lock_effects(group, effects);

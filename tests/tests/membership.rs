@@ -1,0 +1,209 @@
+//! Raft log compaction, snapshots and membership changes on an in-process cluster.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::table_prefix;
+use common::{get, key, put, Cluster, NodeConfig};
+use meridian_proto as pb;
+use meridian_proto::placement_driver_client::PlacementDriverClient;
+use meridian_proto::tablet_client::TabletClient;
+use meridian_spanserver::raft::{keys, GroupId};
+use meridian_spanserver::storage::engine::{Cf, Engine};
+use meridian_spanserver::storage::mvcc;
+use meridian_spanserver::storage::rocks::RocksEngine;
+use meridian_truetime::Timestamp;
+
+async fn tablet_of(pd: &str, table: u32) -> (pb::TabletDescriptor, Vec<pb::ServerInfo>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = PlacementDriverClient::connect(format!("http://{pd}"))
+            .await
+            .expect("pd");
+        let dir = client
+            .get_directory(pb::GetDirectoryRequest {})
+            .await
+            .expect("directory")
+            .into_inner();
+        let t = dir
+            .tablets
+            .iter()
+            .find(|t| t.start == table_prefix(table))
+            .expect("tablet")
+            .clone();
+        if t.leader_hint != 0 {
+            return (t, dir.servers);
+        }
+        assert!(Instant::now() < deadline, "no leader reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn tablet_client(
+    servers: &[pb::ServerInfo],
+    id: u64,
+) -> TabletClient<tonic::transport::Channel> {
+    let addr = &servers.iter().find(|s| s.id == id).expect("server").addr;
+    TabletClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
+
+/// How many of `rows` keys of `table` server `i`'s replica holds, read from its engine (the
+/// server must be stopped), and where its group's log now starts.
+fn replica_rows(
+    cluster: &Cluster,
+    i: usize,
+    table: u32,
+    rows: u32,
+    group: u64,
+) -> (u32, Option<u64>) {
+    let engine = RocksEngine::open(&cluster.engine_path(i)).expect("open");
+    let present = (0..rows)
+        .filter(|r| {
+            mvcc::get(&engine, &key(table, *r), Timestamp(u64::MAX))
+                .expect("get")
+                .is_some_and(|v| v.value.is_some())
+        })
+        .count() as u32;
+    let truncated = engine
+        .get(Cf::Raft, &keys::truncated(GroupId(group)))
+        .expect("get")
+        .and_then(|b| b.get(..8).and_then(keys::decode_u64));
+    (present, truncated)
+}
+
+async fn write_rows(store: &meridian_kv::Client, table: u32, rows: std::ops::Range<u32>) {
+    // Several writers so the test does not take rows × one commit's latency.
+    let rows: Vec<u32> = rows.collect();
+    for chunk in rows.chunks(8) {
+        let writes = chunk.iter().map(|r| async move {
+            let mut attempt = 0;
+            loop {
+                let mut t = store.begin(None);
+                t.put(key(table, *r), format!("row {r}").into_bytes());
+                match t.commit().await {
+                    Ok(_) => return,
+                    Err(e) if attempt < 20 => {
+                        attempt += 1;
+                        tracing::debug!(error = %e, "retrying a write");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("write {r}: {e}"),
+                }
+            }
+        });
+        futures::future::join_all(writes).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_far_behind_catches_up_from_a_snapshot() {
+    common::init_tracing();
+    let mut cluster = Cluster::start().await;
+    let store = cluster.store();
+    let table = cluster.create_table(&store).await;
+    put(&store, &key(table, 0), b"row 0").await.expect("write");
+    let (tablet, _) = tablet_of(&cluster.pd_addr, table).await;
+    let lagging = tablet
+        .replicas
+        .iter()
+        .map(|r| *r as usize - 1)
+        .find(|i| *i as u64 + 1 != tablet.leader_hint)
+        .expect("a follower");
+    cluster.stop(lagging).await;
+    // Enough commits that the leader compacts its log past where the stopped replica is.
+    let rows = 1400;
+    write_rows(&store, table, 1..rows).await;
+    cluster.restart(lagging).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    put(&store, &key(table, rows), b"after")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.stop_all().await;
+    let (present, truncated) = replica_rows(&cluster, lagging, table, rows, tablet.group_id);
+    assert_eq!(present, rows, "the restarted replica has every row");
+    assert!(
+        truncated.is_some_and(|t| t > 1000),
+        "its log restarts after a snapshot or compaction: {truncated:?}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replacing_a_replica_moves_the_group_to_a_new_server() {
+    common::init_tracing();
+    let mut cluster = Cluster::start_with((0..4).map(|_| NodeConfig::default()).collect()).await;
+    let store = cluster.store();
+    let table = cluster.create_table(&store).await;
+    write_rows(&store, table, 0..50).await;
+    let (tablet, servers) = tablet_of(&cluster.pd_addr, table).await;
+    let newcomer = (1..=4u64)
+        .find(|s| !tablet.replicas.contains(s))
+        .expect("a server without the tablet");
+    let leaving = *tablet
+        .replicas
+        .iter()
+        .find(|r| **r != tablet.leader_hint)
+        .expect("a follower");
+
+    // The new replica starts empty; the leader's snapshot brings it up.
+    tablet_client(&servers, newcomer)
+        .await
+        .create_replica(pb::ReplicaDescriptor {
+            group_id: tablet.group_id,
+            start: tablet.start.clone(),
+            end: tablet.end.clone(),
+            replicas: tablet.replicas.clone(),
+            bootstrap: false,
+        })
+        .await
+        .expect("create replica");
+    let resp = tablet_client(&servers, tablet.leader_hint)
+        .await
+        .change_replicas(pb::ChangeReplicasRequest {
+            group_id: tablet.group_id,
+            add: vec![newcomer],
+            remove: vec![leaving],
+        })
+        .await
+        .expect("change replicas")
+        .into_inner();
+    assert!(resp.error.is_none(), "{:?}", resp.error);
+    let mut expected: Vec<u64> = tablet
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| *r != leaving)
+        .chain([newcomer])
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(resp.replicas, expected);
+    write_rows(&store, table, 50..60).await;
+
+    // The group no longer needs the server that left: with it and one more original member
+    // down, the leader and the newcomer are a majority.
+    cluster.stop(leaving as usize - 1).await;
+    let other = tablet
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| *r != leaving && *r != tablet.leader_hint)
+        .expect("third member");
+    cluster.stop(other as usize - 1).await;
+    let started = Instant::now();
+    put(&store, &key(table, 60), b"row 60")
+        .await
+        .expect("the new configuration commits without the removed server");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        get(&store, &key(table, 5)).await.expect("read"),
+        Some(b"row 5".to_vec())
+    );
+    cluster.stop_all().await;
+    let (present, _) = replica_rows(&cluster, newcomer as usize - 1, table, 61, tablet.group_id);
+    assert_eq!(present, 61, "the newcomer holds every row");
+    cluster.shutdown().await;
+}

@@ -1,0 +1,301 @@
+//! Session behaviour that `.slt` files cannot express: retries and conflicts, commit
+//! timestamps, parameters, and the storage round trips plans make. Every test runs on a real
+//! one-node cluster (RocksDB, Raft, the lock table), through the KV client.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use meridian_node::local::LocalCluster;
+use meridian_spanserver::failpoints::COMMIT_CONFLICT;
+use meridian_sql::session::CommandTag;
+use meridian_sql::{Datum, Session, TransactionStatus};
+
+fn session(cluster: &LocalCluster) -> Session {
+    Session::new(cluster.kv_client(0))
+}
+
+async fn query(session: &mut Session, sql: &str) -> Vec<Vec<Datum>> {
+    let results = session
+        .execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    results.last().map(|r| r.rows.clone()).unwrap_or_default()
+}
+
+async fn error_code(session: &mut Session, sql: &str) -> String {
+    match session.execute(sql).await {
+        Ok(_) => panic!("{sql}: expected an error"),
+        Err(e) => e.sqlstate().to_string(),
+    }
+}
+
+#[tokio::test]
+async fn autocommit_retries_conflicts_transparently() {
+    let cluster = common::single_node().await;
+    let mut s = session(&cluster);
+    s.execute("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    // The leader refuses the next three commits as lost conflicts; autocommit retries them.
+    let failpoints = cluster.failpoints(0);
+    failpoints.arm_times(COMMIT_CONFLICT, 3).unwrap();
+    s.execute("INSERT INTO t VALUES (1)").await.unwrap();
+    assert!(
+        !failpoints.refuse(COMMIT_CONFLICT),
+        "all three refusals were used"
+    );
+    assert_eq!(
+        query(&mut s, "SELECT count(*) FROM t").await,
+        vec![vec![Datum::Int(1)]]
+    );
+
+    // More conflicts than retries: the client finally sees 40001, and nothing was written.
+    failpoints.arm_times(COMMIT_CONFLICT, 100).unwrap();
+    assert_eq!(
+        error_code(&mut s, "INSERT INTO t VALUES (2)").await,
+        "40001"
+    );
+    failpoints.arm_times(COMMIT_CONFLICT, 0).unwrap();
+    assert_eq!(
+        query(&mut s, "SELECT count(*) FROM t").await,
+        vec![vec![Datum::Int(1)]]
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn explicit_transaction_conflict_surfaces_40001() {
+    let cluster = common::single_node().await;
+    let mut a = session(&cluster);
+    let mut b = session(&cluster);
+    a.execute("CREATE TABLE acct (id INT PRIMARY KEY, bal INT)")
+        .await
+        .unwrap();
+    a.execute("INSERT INTO acct VALUES (1, 100), (2, 100)")
+        .await
+        .unwrap();
+
+    // b begins first, so it is older and wins conflicts (wound-wait).
+    b.execute("BEGIN").await.unwrap();
+    a.execute("BEGIN").await.unwrap();
+    assert_eq!(
+        query(&mut a, "SELECT bal FROM acct WHERE id = 1").await,
+        vec![vec![Datum::Int(100)]]
+    );
+    // b's write needs the row a has read: the older b wounds a and commits.
+    b.execute("UPDATE acct SET bal = 0 WHERE id = 1")
+        .await
+        .unwrap();
+    b.execute("COMMIT").await.unwrap();
+    // a learns it lost at its next step: this statement or the commit.
+    let code = match a
+        .execute("UPDATE acct SET bal = bal + 100 WHERE id = 2")
+        .await
+    {
+        Err(e) => {
+            assert_eq!(a.transaction_status(), TransactionStatus::Failed);
+            a.execute("ROLLBACK").await.unwrap();
+            e.sqlstate().to_string()
+        }
+        Ok(_) => error_code(&mut a, "COMMIT").await,
+    };
+    assert_eq!(code, "40001");
+    assert_eq!(a.transaction_status(), TransactionStatus::Idle);
+    assert_eq!(
+        query(&mut a, "SELECT bal FROM acct ORDER BY id").await,
+        vec![vec![Datum::Int(0)], vec![Datum::Int(100)]]
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_transaction_refuses_statements_until_rollback() {
+    let cluster = common::single_node().await;
+    let mut s = session(&cluster);
+    s.execute("BEGIN").await.unwrap();
+    assert_eq!(error_code(&mut s, "SELECT * FROM missing").await, "42P01");
+    assert_eq!(s.transaction_status(), TransactionStatus::Failed);
+    assert_eq!(error_code(&mut s, "SELECT 1").await, "25P02");
+    let results = s.execute("COMMIT").await.unwrap();
+    assert_eq!(results[0].tag, CommandTag::Rollback);
+    assert_eq!(s.transaction_status(), TransactionStatus::Idle);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_are_serializable() {
+    let cluster = common::single_node().await;
+    let mut s = session(&cluster);
+    s.execute("CREATE TABLE counter (id INT PRIMARY KEY, n INT8)")
+        .await
+        .unwrap();
+    s.execute("INSERT INTO counter VALUES (1, 0)")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let kv = cluster.kv_client(0);
+        tasks.push(tokio::spawn(async move {
+            let mut s = Session::new(kv);
+            for _ in 0..25 {
+                s.execute("UPDATE counter SET n = n + 1 WHERE id = 1")
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        query(&mut s, "SELECT n FROM counter").await,
+        vec![vec![Datum::Int(100)]]
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn commit_timestamps_increase() {
+    let cluster = common::single_node().await;
+    let mut s = session(&cluster);
+    assert_eq!(error_code(&mut s, "SHOW commit_timestamp").await, "55000");
+    s.execute("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    s.execute("INSERT INTO t VALUES (1)").await.unwrap();
+    let first = query(&mut s, "SHOW commit_timestamp").await;
+    s.execute("BEGIN; INSERT INTO t VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    let second = query(&mut s, "SHOW commit_timestamp").await;
+    match (&first[..], &second[..]) {
+        ([row1], [row2]) => match (&row1[..], &row2[..]) {
+            ([Datum::Int(a)], [Datum::Int(b)]) => assert!(a < b && *a > 0),
+            other => panic!("unexpected {other:?}"),
+        },
+        other => panic!("unexpected {other:?}"),
+    }
+    // A read-only statement does not change it.
+    query(&mut s, "SELECT * FROM t").await;
+    assert_eq!(query(&mut s, "SHOW commit_timestamp").await, second);
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn parameters_take_types_from_context() {
+    let cluster = common::single_node().await;
+    let mut s = session(&cluster);
+    s.execute("CREATE TABLE t (id INT2 PRIMARY KEY, name TEXT)")
+        .await
+        .unwrap();
+    let insert = meridian_sql::session::parse("INSERT INTO t VALUES ($1, $2)").unwrap();
+    let params = [Datum::Text("7".into()), Datum::Text("seven".into())];
+    s.execute_statement(&insert[0], &params).await.unwrap();
+    let described = meridian_sql::session::describe(&cluster.kv_client(0), &insert[0], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        described.params,
+        vec![meridian_sql::DataType::Int2, meridian_sql::DataType::Text]
+    );
+
+    let select = meridian_sql::session::parse("SELECT name FROM t WHERE id = $1").unwrap();
+    let result = s
+        .execute_statement(&select[0], &[Datum::Int(7)])
+        .await
+        .unwrap();
+    assert_eq!(result.rows, vec![vec![Datum::Text("seven".into())]]);
+
+    let bad = [Datum::Text("x".into()), Datum::Text("y".into())];
+    let err = s.execute_statement(&insert[0], &bad).await.unwrap_err();
+    assert_eq!(err.sqlstate(), "22P02");
+    let err = s
+        .execute_statement(&insert[0], &params[..1])
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), "08P01");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn transactions_spanning_tables_commit_together() {
+    let cluster = common::single_node().await;
+    let mut s = session(&cluster);
+    s.execute("CREATE TABLE a (id INT PRIMARY KEY); CREATE TABLE b (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    s.execute("BEGIN; INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)")
+        .await
+        .unwrap();
+    s.execute("COMMIT").await.unwrap();
+    for table in ["a", "b"] {
+        assert_eq!(
+            query(&mut s, &format!("SELECT count(*) FROM {table}")).await,
+            vec![vec![Datum::Int(1)]]
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// Runs `sql`; its row count, and the scan round trips and rows it read from user tables.
+async fn run(s: &mut Session, kv: &meridian_kv::Client, sql: &str) -> (usize, u64, u64) {
+    let stats = kv.router().stats();
+    let (scans, rows) = (
+        stats.user_scans.load(Ordering::Relaxed),
+        stats.user_rows.load(Ordering::Relaxed),
+    );
+    let results = s
+        .execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let count = results.last().map_or(0, |r| r.rows.len());
+    (
+        count,
+        stats.user_scans.load(Ordering::Relaxed) - scans,
+        stats.user_rows.load(Ordering::Relaxed) - rows,
+    )
+}
+
+#[tokio::test]
+async fn plans_use_point_reads_bounded_scans_pages_and_early_limits() {
+    let cluster = common::single_node().await;
+    let kv = cluster.kv_client(0);
+    let mut s = Session::new(kv.clone());
+    s.execute("CREATE TABLE big (id INT PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..2500).map(|i| format!("({i}, 'v{i}')")).collect();
+    s.execute(&format!("INSERT INTO big VALUES {}", values.join(", ")))
+        .await
+        .unwrap();
+
+    // A point read: one round trip, one row.
+    assert_eq!(
+        run(&mut s, &kv, "SELECT * FROM big WHERE id = 7").await,
+        (1, 1, 1)
+    );
+    // A bounded scan reads exactly its range.
+    assert_eq!(
+        run(&mut s, &kv, "SELECT * FROM big WHERE id >= 10 AND id < 20").await,
+        (10, 1, 10)
+    );
+    // A full scan reads in pages of 1000 rows.
+    assert_eq!(
+        run(&mut s, &kv, "SELECT count(*) FROM big").await,
+        (1, 3, 2500)
+    );
+    // A LIMIT stops after the first page.
+    let (rows, scans, read) = run(&mut s, &kv, "SELECT * FROM big LIMIT 5").await;
+    assert_eq!((rows, scans), (5, 1));
+    assert!(read <= 1000, "read {read} rows for LIMIT 5");
+    // A filter on a non-key column scans everything.
+    let (rows, scans, read) = run(&mut s, &kv, "SELECT * FROM big WHERE v = 'v2400'").await;
+    assert_eq!((rows, scans, read), (1, 3, 2500));
+    // An update by key reads one row.
+    assert_eq!(
+        run(&mut s, &kv, "UPDATE big SET v = 'x' WHERE id = 3").await,
+        (0, 1, 1)
+    );
+    cluster.shutdown().await;
+}
