@@ -4,8 +4,8 @@
 //! Each table is one catalog row: key `table_prefix(1) ++ PRIMARY_INDEX_ID ++ name` (the name
 //! encoded like a TEXT key column), value a version byte followed by the bincode of its
 //! [`TableDesc`]. Keying by name makes CREATE TABLE's "does the name exist" check a point read,
-//! which optimistic validation makes race-free: two concurrent CREATEs of one name conflict at
-//! commit and the loser, on retry, sees the winner and reports 42P07.
+//! which the read's shared lock makes race-free: two concurrent CREATEs of one name conflict
+//! (wound-wait: the younger aborts) and the loser, on retry, sees the winner and reports 42P07.
 //!
 //! Every statement reads the descriptors it needs in its own lock-free strong snapshot
 //! ([`read_tables`]) and never inside the user's transaction, so user transactions neither lock

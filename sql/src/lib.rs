@@ -1,5 +1,6 @@
 //! Meridian's SQL layer: parse → bind → logical plan → optimizer rules → execute, on top of
-//! the storage traits in [`store`], plus the PostgreSQL wire-protocol front end ([`server`]).
+//! the transactional KV client (`meridian-kv`, the only way it reaches tablets), plus the
+//! PostgreSQL wire-protocol front end ([`server`]).
 //!
 //! ## Life of a query
 //!

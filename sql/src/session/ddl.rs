@@ -1,5 +1,5 @@
 //! DDL: CREATE TABLE and DROP TABLE (catalog writes in transactions of their own, retried on
-//! conflict) and ALTER TABLE … SPLIT AT (a placement request to the store). The session has
+//! conflict) and ALTER TABLE … SPLIT AT (a placement request through the KV client). The session has
 //! already refused them inside explicit and read-only transactions.
 
 use std::sync::Arc;
@@ -67,7 +67,7 @@ fn split_keys(
 }
 
 impl Session {
-    /// `ALTER TABLE t SPLIT AT VALUES …`: asks the store to start a tablet at each point's key.
+    /// `ALTER TABLE t SPLIT AT VALUES …`: asks the placement driver to start a tablet at each point's key.
     /// Splitting is idempotent, so a retryable failure is simply retried.
     pub(super) async fn split_at(
         &mut self,

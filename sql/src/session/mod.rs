@@ -44,7 +44,7 @@
 //!   rejected with 0A000 (it would otherwise commit independently of the surrounding
 //!   transaction, which is worse than refusing), and in a read-only one with 25006.
 //!   `ALTER TABLE t SPLIT AT VALUES (1), (5, 'a')` binds each row against a prefix of `t`'s
-//!   primary key columns and asks the store to start a tablet at each resulting key
+//!   primary key columns and asks the placement driver to start a tablet at each resulting key
 //!   ([`Client::split_at`]); the keys are exactly the storage-key prefixes of rows with those
 //!   primary keys.
 //!
