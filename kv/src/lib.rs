@@ -65,6 +65,11 @@ impl Client {
         Client { router }
     }
 
+    /// The clock this client picks read timestamps with.
+    pub fn clock(&self) -> &Arc<dyn TrueTime> {
+        &self.router.tt
+    }
+
     /// The router this client sends requests through.
     pub fn router(&self) -> &Arc<Router> {
         &self.router

@@ -7,12 +7,11 @@
 //! which the read's shared lock makes race-free: two concurrent CREATEs of one name conflict
 //! (wound-wait: the younger aborts) and the loser, on retry, sees the winner and reports 42P07.
 //!
-//! Every statement reads the descriptors it needs in its own lock-free strong snapshot
-//! ([`read_tables`]) and never inside the user's transaction, so user transactions neither lock
-//! the catalog nor involve the system tablet in their commits. Nothing is cached across
-//! statements, so a DROP or CREATE on another gateway is seen by the next statement here. The
-//! price is that a statement in an explicit transaction may see a schema newer than the one
-//! its earlier statements saw.
+//! Statements read descriptors from the gateway's schema cache ([`crate::schema`]), loaded in
+//! lock-free strong snapshots of their own and never inside the user's transaction, so user
+//! transactions neither lock the catalog nor involve the system tablet in their commits. A
+//! statement in an explicit transaction may see a schema newer than the one its earlier
+//! statements saw.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::{encode_key_datum, index_prefix, prefix_end, PRIMARY_INDEX_ID};
 use crate::error::{Result, SqlError};
-use meridian_kv::{Client, ReadBound, Txn};
+use meridian_kv::Txn;
 
 use crate::encoding::table_prefix;
 use crate::types::{DataType, Datum};
@@ -154,30 +153,3 @@ const CATALOG_PAGE_SIZE: usize = 1000;
 /// Table descriptors a statement needs, looked up by name; `None` marks a name that does not
 /// exist (the binder reports 42P01 if it needs it).
 pub type TableSet = HashMap<String, Option<Arc<TableDesc>>>;
-
-/// Reads the descriptors of `names` in one short read-only transaction of its own (see the
-/// module doc for why it is separate from the user's transaction).
-pub async fn read_tables(store: &Client, names: &[String]) -> Result<TableSet> {
-    let mut tables = TableSet::new();
-    if names.is_empty() {
-        return Ok(tables);
-    }
-    // A lock-free strong snapshot: one round trip per lookup, no locks to release after.
-    let mut txn = Txn::from(store.begin_read_only(ReadBound::Strong));
-    let mut result = Ok(());
-    for name in names {
-        match get_table(&mut txn, name).await {
-            Ok(desc) => {
-                tables.insert(name.clone(), desc.map(Arc::new));
-            }
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
-    // Read-only: nothing to commit, and a stale read is harmless because the statement's own
-    // commit does not depend on the catalog's version.
-    txn.rollback().await;
-    result.map(|()| tables)
-}

@@ -10,8 +10,9 @@
 //!    pre-pass that handles the CockroachDB syntax sqlparser lacks (`AS OF SYSTEM TIME`,
 //!    `ALTER TABLE … SPLIT AT`).
 //! 3. [`session::Session::execute_statement`] handles transaction control, SET/SHOW and DDL
-//!    itself; for a query or DML statement it reads the descriptors of the tables it names in a
-//!    short catalog transaction of its own ([`catalog::read_tables`]), and picks the storage
+//!    itself; for a query or DML statement it takes the descriptors of the tables it names from
+//!    the gateway's schema cache ([`schema::SchemaCache`]; a prepared statement reuses its plan,
+//!    [`prepared::PlanCache`], while the schema version holds), and picks the storage
 //!    transaction: the explicit one, or for autocommit a read-only snapshot
 //!    ([`meridian_kv::Client::begin_read_only`]) for queries and a read-write one for DML.
 //! 4. [`binder::bind_statement`] resolves names and types and builds a logical [`plan::Plan`]
@@ -43,6 +44,8 @@ pub mod expr;
 pub mod optimizer;
 pub mod parser;
 pub mod plan;
+pub mod prepared;
+pub mod schema;
 pub mod server;
 pub mod session;
 pub mod timestamp;

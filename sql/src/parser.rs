@@ -22,6 +22,7 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Result, SqlError};
+use crate::prepared::PlanCache;
 use crate::timestamp::{parse_as_of, AsOf};
 
 /// One parsed statement.
@@ -34,6 +35,8 @@ pub enum Statement {
         statement: Box<ast::Statement>,
         /// Its `AS OF SYSTEM TIME` value.
         as_of: Option<AsOf>,
+        /// Its plan, once bound (queries and DML; shared by clones of the statement).
+        plan: PlanCache,
     },
     /// `ALTER TABLE <table> SPLIT AT VALUES (…), …`: split the table's key range before the
     /// primary keys (or key prefixes) listed.
@@ -50,6 +53,7 @@ impl From<ast::Statement> for Statement {
         Statement::Sql {
             statement: Box::new(statement),
             as_of: None,
+            plan: PlanCache::default(),
         }
     }
 }
@@ -60,10 +64,12 @@ impl std::fmt::Display for Statement {
             Statement::Sql {
                 statement,
                 as_of: None,
+                ..
             } => write!(f, "{statement}"),
             Statement::Sql {
                 statement,
                 as_of: Some(as_of),
+                ..
             } => write!(f, "{statement} AS OF SYSTEM TIME {as_of}"),
             Statement::SplitAt { table, values } => {
                 write!(f, "ALTER TABLE {table} SPLIT AT {values}")
@@ -110,6 +116,7 @@ fn parse_one(dialect: &PostgreSqlDialect, tokens: Vec<TokenWithSpan>) -> Result<
         (Some(statement), true) => Ok(Statement::Sql {
             statement: Box::new(statement),
             as_of,
+            plan: PlanCache::default(),
         }),
         // Only comments (the caller skips pure whitespace) or a sqlparser surprise.
         _ => Err(SqlError::Syntax(
@@ -268,7 +275,10 @@ mod tests {
             "SELECT * FROM t AS x AS OF SYSTEM TIME '-10s' WHERE k = 1",
             "SELECT * FROM t /* c */ AS  OF\nSYSTEM -- c\n TIME '-10s' WHERE k = 1;",
         ] {
-            let Statement::Sql { statement, as_of } = one(sql) else {
+            let Statement::Sql {
+                statement, as_of, ..
+            } = one(sql)
+            else {
                 panic!("{sql}: not SQL");
             };
             assert_eq!(as_of, ago, "{sql}");

@@ -134,7 +134,7 @@ async fn split_at_splits_tablets_at_row_key_prefixes() {
 
     // Parameters take the key column's type.
     let split = meridian_sql::session::parse("ALTER TABLE ints SPLIT AT VALUES ($1)").unwrap();
-    let described = meridian_sql::session::describe(&cluster.kv_client(0), &split[0], &[])
+    let described = meridian_sql::session::describe(s.schema(), &split[0], &[])
         .await
         .unwrap();
     assert_eq!(described.params, vec![meridian_sql::DataType::Int4]);

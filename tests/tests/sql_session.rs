@@ -192,7 +192,7 @@ async fn parameters_take_types_from_context() {
     let insert = meridian_sql::session::parse("INSERT INTO t VALUES ($1, $2)").unwrap();
     let params = [Datum::Text("7".into()), Datum::Text("seven".into())];
     s.execute_statement(&insert[0], &params).await.unwrap();
-    let described = meridian_sql::session::describe(&cluster.kv_client(0), &insert[0], &[])
+    let described = meridian_sql::session::describe(s.schema(), &insert[0], &[])
         .await
         .unwrap();
     assert_eq!(
@@ -296,6 +296,57 @@ async fn plans_use_point_reads_bounded_scans_pages_and_early_limits() {
     assert_eq!(
         run(&mut s, &kv, "UPDATE big SET v = 'x' WHERE id = 3").await,
         (0, 1, 1)
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn schema_caches_skip_the_catalog_yet_see_every_finished_ddl() {
+    let cluster = common::single_node().await;
+    // Two sessions with schema caches of their own: two gateways.
+    let kv = cluster.kv_client(0);
+    let mut a = Session::new(kv.clone());
+    let mut b = Session::new(cluster.kv_client(0));
+    a.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+        .await
+        .unwrap();
+    // b loads its schema now and caches it ...
+    assert_eq!(
+        query(&mut b, "SELECT count(*) FROM t").await,
+        vec![vec![Datum::Int(0)]]
+    );
+    // ... yet a DROP that returned on a is seen by b's very next statement.
+    a.execute("DROP TABLE t").await.unwrap();
+    assert_eq!(error_code(&mut b, "SELECT count(*) FROM t").await, "42P01");
+    // And a table created on a is visible on b at once.
+    a.execute("CREATE TABLE u (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    a.execute("INSERT INTO u VALUES (1)").await.unwrap();
+    assert_eq!(
+        query(&mut b, "SELECT count(*) FROM u").await,
+        vec![vec![Datum::Int(1)]]
+    );
+
+    // Statements on a warm cache read no catalog rows: at most a reload per half lease.
+    let stats = kv.router().stats();
+    let before = stats.system_scans.load(Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let select = meridian_sql::session::parse("SELECT id FROM u WHERE id = $1").unwrap();
+    for _ in 0..100 {
+        let result = a
+            .execute_statement(&select[0], &[Datum::Int(1)])
+            .await
+            .unwrap();
+        assert_eq!(result.rows, vec![vec![Datum::Int(1)]]);
+    }
+    let catalog_scans = stats.system_scans.load(Ordering::Relaxed) - before;
+    let half_leases = started.elapsed().as_millis() as u64
+        / (meridian_sql::schema::SCHEMA_LEASE.as_millis() as u64 / 2);
+    assert!(
+        catalog_scans <= 2 * (half_leases + 1),
+        "{catalog_scans} catalog scans for 100 statements in {:?}",
+        started.elapsed()
     );
     cluster.shutdown().await;
 }

@@ -2,7 +2,7 @@
 //! its logical [`Plan`].
 //!
 //! Binding is pure: the session first reads the descriptors the statement names
-//! ([`referenced_tables`], [`crate::catalog::read_tables`]) and hands them in as a
+//! ([`referenced_tables`], [`crate::schema::SchemaCache::tables`]) and hands them in as a
 //! [`TableSet`], so this module does no I/O. It
 //!
 //! - resolves table and column names (unquoted identifiers fold to lower case),

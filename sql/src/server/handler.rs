@@ -30,11 +30,11 @@ use tokio::sync::Mutex;
 use super::codec;
 use crate::error::SqlError;
 use crate::plan::OutputColumn;
+use crate::schema::SchemaCache;
 use crate::session::{
     self, CommandTag, Description, Session, Statement, StatementResult, TransactionStatus,
 };
 use crate::types::DataType;
-use meridian_kv::Client;
 
 /// A statement prepared with Parse: the parsed statement and what Describe reports.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ impl Connection {
     /// A connection running `session`.
     pub fn new(session: Session) -> Connection {
         let parser = Arc::new(Parser {
-            store: session.store().clone(),
+            schema: session.schema().clone(),
         });
         Connection {
             session: Mutex::new(session),
@@ -365,7 +365,7 @@ fn check_same_columns(
 
 /// Parses and describes statements for the extended protocol.
 pub struct Parser {
-    store: Client,
+    schema: Arc<SchemaCache>,
 }
 
 #[async_trait]
@@ -396,7 +396,7 @@ impl QueryParser for Parser {
             .map(|t| codec::from_pg_type(t.as_ref()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(user_error)?;
-        let description = session::describe(&self.store, &statement, &declared)
+        let description = session::describe(&self.schema, &statement, &declared)
             .await
             .map_err(user_error)?;
         Ok(Some(Prepared {

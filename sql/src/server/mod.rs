@@ -34,6 +34,7 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::schema::SchemaCache;
 use crate::session::Session;
 use meridian_kv::Client;
 
@@ -48,6 +49,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // One schema cache for every connection of this gateway.
+    let schema = SchemaCache::new(store.clone());
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
@@ -74,7 +77,8 @@ pub async fn serve(
         if let Err(error) = socket.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
-        let connection = Arc::new(handler::Connection::new(Session::new(store.clone())));
+        let session = Session::with_schema(store.clone(), schema.clone());
+        let connection = Arc::new(handler::Connection::new(session));
         let mut stop = stop_tx.subscribe();
         let span = tracing::info_span!("pg_connection", %peer);
         tasks.spawn(

@@ -10,23 +10,23 @@ use super::{
     coerce_params, retry_backoff, CommandTag, Session, StatementResult, MAX_AUTOCOMMIT_RETRIES,
 };
 use crate::binder::{bind_create_table, bind_split_points, table_name, BoundSplitPoints};
-use crate::catalog::{self, read_tables, TableDesc};
+use crate::catalog::{self, TableDesc};
 use crate::encoding::encode_key_datum;
 use crate::error::{Result, SqlError};
 use crate::expr::ScalarExpr;
+use crate::schema::{self, SchemaCache};
 use crate::types::{DataType, Datum};
-use meridian_kv::Client;
 
 /// Reads `table`'s descriptor and binds the split points of `ALTER TABLE table SPLIT AT
 /// values` against its primary key.
 pub(super) async fn bind_split_at(
-    store: &Client,
+    schema: &SchemaCache,
     table: &ast::ObjectName,
     values: &ast::Values,
     param_types: &[DataType],
 ) -> Result<(Arc<TableDesc>, BoundSplitPoints)> {
     let name = table_name(table)?;
-    let tables = read_tables(store, std::slice::from_ref(&name)).await?;
+    let (tables, _) = schema.tables(std::slice::from_ref(&name)).await?;
     let desc = tables
         .get(&name)
         .cloned()
@@ -76,7 +76,7 @@ impl Session {
         params: &[Datum],
         param_types: &[DataType],
     ) -> Result<StatementResult> {
-        let (desc, bound) = bind_split_at(&self.store, table, values, param_types).await?;
+        let (desc, bound) = bind_split_at(&self.schema, table, values, param_types).await?;
         let params = coerce_params(params, &bound.param_types)?;
         let keys = split_keys(&desc, &bound.rows, &params)?;
         let mut attempt = 0;
@@ -125,6 +125,7 @@ impl Session {
                 };
                 desc.id = table_id.0;
                 catalog::put_table(&mut txn, &desc)?;
+                schema::bump_version(&mut txn).await?;
                 Ok(txn.commit().await?)
             }
             .await;
@@ -135,8 +136,9 @@ impl Session {
                 }
                 Err(e) => return Err(e),
                 Ok(ts) => {
-                    if ts.is_some() {
-                        self.last_commit_ts = ts;
+                    if let Some(ts) = ts {
+                        self.last_commit_ts = Some(ts);
+                        self.schema.wait_out_leases(ts).await;
                     }
                     return Ok(StatementResult::command(CommandTag::CreateTable));
                 }
@@ -156,13 +158,18 @@ impl Session {
         loop {
             let outcome: Result<Option<u64>> = async {
                 let mut txn = meridian_kv::Txn::from(self.store.begin(None));
+                let mut dropped = false;
                 for name in &names {
                     if catalog::get_table(&mut txn, name).await?.is_some() {
                         catalog::delete_table(&mut txn, name)?;
+                        dropped = true;
                     } else if !if_exists {
                         txn.rollback().await;
                         return Err(SqlError::UndefinedTable(name.clone()));
                     }
+                }
+                if dropped {
+                    schema::bump_version(&mut txn).await?;
                 }
                 Ok(txn.commit().await?)
             }
@@ -174,8 +181,9 @@ impl Session {
                 }
                 Err(e) => return Err(e),
                 Ok(ts) => {
-                    if ts.is_some() {
-                        self.last_commit_ts = ts;
+                    if let Some(ts) = ts {
+                        self.last_commit_ts = Some(ts);
+                        self.schema.wait_out_leases(ts).await;
                     }
                     return Ok(StatementResult::command(CommandTag::DropTable));
                 }

@@ -48,8 +48,10 @@
 //!   ([`Client::split_at`]); the keys are exactly the storage-key prefixes of rows with those
 //!   primary keys.
 //!
-//! Catalog reads happen in their own short transaction for every statement
-//! ([`crate::catalog::read_tables`]); see [`crate::catalog`] for why.
+//! Statements take table descriptors from the gateway's schema cache ([`crate::schema`]) and
+//! their plans from the statement's own plan cache ([`crate::prepared`]): a prepared statement
+//! is bound and optimized once per schema version, and no statement reads the catalog unless
+//! the cached schema expired or lacks a table it names.
 //!
 //! `SHOW commit_timestamp` returns the commit timestamp of the session's latest transaction
 //! that wrote something, and `SHOW read_timestamp` the snapshot timestamp of its latest
@@ -65,16 +67,18 @@ mod settings;
 mod transaction;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlparser::ast;
 
 use crate::binder::{bind_statement, referenced_tables, statement_name};
-use crate::catalog::read_tables;
 use crate::error::{Result, SqlError};
 use crate::executor::execute;
 use crate::optimizer::optimize;
 use crate::plan::OutputColumn;
+use crate::prepared::{CachedPlan, PlanCache};
+use crate::schema::SchemaCache;
 use crate::timestamp::AsOf;
 use crate::types::{DataType, Datum, Row, TypeFamily};
 use meridian_kv::{Client, ReadBound, Txn};
@@ -179,14 +183,14 @@ pub struct Description {
 /// Describes `stmt`: its parameter types (given `declared` ones from the client, `Unknown`
 /// where not declared) and result columns. Reads the catalog but runs nothing.
 pub async fn describe(
-    store: &Client,
+    schema: &SchemaCache,
     stmt: &Statement,
     declared: &[DataType],
 ) -> Result<Description> {
     let stmt = match stmt {
         Statement::Sql { statement, .. } => statement.as_ref(),
         Statement::SplitAt { table, values } => {
-            let (_, bound) = ddl::bind_split_at(store, table, values, declared).await?;
+            let (_, bound) = ddl::bind_split_at(schema, table, values, declared).await?;
             return Ok(Description {
                 params: bound.param_types,
                 columns: None,
@@ -198,7 +202,7 @@ pub async fn describe(
         | ast::Statement::Insert(_)
         | ast::Statement::Update(_)
         | ast::Statement::Delete(_) => {
-            let tables = read_tables(store, &referenced_tables(stmt)?).await?;
+            let (tables, _) = schema.tables(&referenced_tables(stmt)?).await?;
             let bound = bind_statement(stmt, &tables, declared)?;
             Ok(Description {
                 params: bound.param_types,
@@ -248,6 +252,8 @@ enum TxnState {
 /// One client's SQL session.
 pub struct Session {
     store: Client,
+    /// The gateway's schema cache, shared with its other sessions.
+    schema: Arc<SchemaCache>,
     txn: TxnState,
     last_commit_ts: Option<u64>,
     /// The snapshot timestamp of the latest read-only transaction that read something.
@@ -264,10 +270,17 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session in autocommit mode.
+    /// A new session in autocommit mode, with a schema cache of its own.
     pub fn new(store: Client) -> Session {
+        let schema = SchemaCache::new(store.clone());
+        Session::with_schema(store, schema)
+    }
+
+    /// A new session in autocommit mode sharing the gateway's schema cache.
+    pub fn with_schema(store: Client, schema: Arc<SchemaCache>) -> Session {
         Session {
             store,
+            schema,
             txn: TxnState::Idle,
             last_commit_ts: None,
             last_read_ts: None,
@@ -281,6 +294,11 @@ impl Session {
     /// The store this session runs on.
     pub fn store(&self) -> &Client {
         &self.store
+    }
+
+    /// The gateway's schema cache this session reads.
+    pub fn schema(&self) -> &Arc<SchemaCache> {
+        &self.schema
     }
 
     /// The session's transaction state.
@@ -368,12 +386,16 @@ impl Session {
         params: &[Datum],
         param_types: &[DataType],
     ) -> Result<StatementResult> {
-        let (stmt, as_of) = match stmt {
+        let (stmt, as_of, plan) = match stmt {
             Statement::SplitAt { table, values } => {
                 self.check_ddl_allowed("ALTER TABLE")?;
                 return self.split_at(table, values, params, param_types).await;
             }
-            Statement::Sql { statement, as_of } => (statement.as_ref(), *as_of),
+            Statement::Sql {
+                statement,
+                as_of,
+                plan,
+            } => (statement.as_ref(), *as_of, plan),
         };
         if as_of.is_some()
             && !matches!(
@@ -398,7 +420,9 @@ impl Session {
             ast::Statement::Query(_)
             | ast::Statement::Insert(_)
             | ast::Statement::Update(_)
-            | ast::Statement::Delete(_) => self.run_dml(stmt, as_of, params, param_types).await,
+            | ast::Statement::Delete(_) => {
+                self.run_dml(stmt, plan, as_of, params, param_types).await
+            }
             ast::Statement::CreateTable(create) => {
                 self.check_ddl_allowed("CREATE TABLE")?;
                 self.create_table(create).await
@@ -450,27 +474,45 @@ impl Session {
     }
 }
 
-/// Binds, optimizes and runs a query or DML statement inside `txn`.
+/// Binds, optimizes and runs a query or DML statement inside `txn`. The plan comes from the
+/// statement's cache when it was bound for the current schema version and these declared
+/// parameter types; otherwise it is bound against the gateway's cached schema and cached.
 async fn run_statement(
-    store: &Client,
+    schema: &SchemaCache,
+    cache: &PlanCache,
     txn: &mut Txn,
     stmt: &ast::Statement,
     params: &[Datum],
     param_types: &[DataType],
 ) -> Result<StatementResult> {
-    let tables = read_tables(store, &referenced_tables(stmt)?).await?;
-    let bound = bind_statement(stmt, &tables, param_types)?;
-    let params = coerce_params(params, &bound.param_types)?;
-    let plan = optimize(bound.plan);
-    let output = execute(&plan, txn, &params).await?;
-    let tag = match bound.kind {
+    let current = schema.current().await?;
+    let planned = match cache.get(current.version, param_types) {
+        Some(planned) => planned,
+        None => {
+            let (tables, version) = schema.tables(&referenced_tables(stmt)?).await?;
+            let bound = bind_statement(stmt, &tables, param_types)?;
+            let planned = Arc::new(CachedPlan {
+                version,
+                declared: param_types.to_vec(),
+                kind: bound.kind,
+                columns: bound.columns,
+                param_types: bound.param_types,
+                plan: optimize(bound.plan),
+            });
+            cache.put(planned.clone());
+            planned
+        }
+    };
+    let params = coerce_params(params, &planned.param_types)?;
+    let output = execute(&planned.plan, txn, &params).await?;
+    let tag = match planned.kind {
         crate::binder::StatementKind::Select => CommandTag::Select(output.count),
         crate::binder::StatementKind::Insert => CommandTag::Insert(output.count),
         crate::binder::StatementKind::Update => CommandTag::Update(output.count),
         crate::binder::StatementKind::Delete => CommandTag::Delete(output.count),
     };
     Ok(StatementResult {
-        columns: bound.columns,
+        columns: planned.columns.clone(),
         rows: output.rows,
         tag,
     })

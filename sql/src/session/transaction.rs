@@ -9,6 +9,7 @@ use super::{
     MAX_AUTOCOMMIT_RETRIES,
 };
 use crate::error::{Result, SqlError};
+use crate::prepared::PlanCache;
 use crate::timestamp::AsOf;
 use crate::types::{DataType, Datum};
 use meridian_kv::{ReadBound, Txn};
@@ -164,6 +165,7 @@ impl Session {
     pub(super) async fn run_dml(
         &mut self,
         stmt: &ast::Statement,
+        plan: &PlanCache,
         as_of: Option<AsOf>,
         params: &[Datum],
         param_types: &[DataType],
@@ -183,7 +185,7 @@ impl Session {
                 ));
             }
             return self
-                .autocommit(stmt, Some(as_of.bound()), params, param_types)
+                .autocommit(stmt, plan, Some(as_of.bound()), params, param_types)
                 .await;
         }
         if let TxnState::Open(open) = &mut self.txn {
@@ -193,7 +195,8 @@ impl Session {
                 }
             }
             open.queried = true;
-            let result = run_statement(&self.store, &mut open.txn, stmt, params, param_types).await;
+            let result =
+                run_statement(&self.schema, plan, &mut open.txn, stmt, params, param_types).await;
             if open.access == Access::ReadOnly {
                 if let Some(ts) = open.txn.read_ts() {
                     self.last_read_ts = Some(ts);
@@ -204,11 +207,11 @@ impl Session {
         match write {
             None => {
                 let bound = self.default_read_bound();
-                self.autocommit(stmt, Some(bound), params, param_types)
+                self.autocommit(stmt, plan, Some(bound), params, param_types)
                     .await
             }
             Some(what) if self.default_read_only => Err(SqlError::ReadOnlyTransaction(what.into())),
-            Some(_) => self.autocommit(stmt, None, params, param_types).await,
+            Some(_) => self.autocommit(stmt, plan, None, params, param_types).await,
         }
     }
 
@@ -217,6 +220,7 @@ impl Session {
     async fn autocommit(
         &mut self,
         stmt: &ast::Statement,
+        plan: &PlanCache,
         read_only: Option<ReadBound>,
         params: &[Datum],
         param_types: &[DataType],
@@ -237,7 +241,7 @@ impl Session {
                         txn
                     }
                 };
-                match run_statement(&self.store, &mut txn, stmt, params, param_types).await {
+                match run_statement(&self.schema, plan, &mut txn, stmt, params, param_types).await {
                     Ok(result) => {
                         let committed = txn.commit().await?;
                         if read_only.is_some() {
