@@ -334,6 +334,7 @@ fn main() -> ExitCode {
                 let opts = meridian_node::NodeOptions {
                     server,
                     sql_listen: pg_listen,
+                    local: Default::default(),
                 };
                 meridian_node::run(opts, tt, shutdown, None)
                     .await

@@ -29,6 +29,9 @@ pub enum Error {
     /// The request itself is invalid (a split key outside any user table, say).
     #[error("invalid request: {0}")]
     InvalidArgument(String),
+    /// An insert found its key already live: the transaction wrote nothing.
+    #[error("key exists")]
+    KeyExists { key: Vec<u8> },
     /// A resource ran out (table ids, say).
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),

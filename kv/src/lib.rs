@@ -178,6 +178,14 @@ impl Txn {
         }
     }
 
+    /// Buffers an insert (see [`ReadWriteTxn::insert`]); a read-only transaction refuses it.
+    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        match self {
+            Txn::ReadWrite(t) => t.insert(key, value),
+            Txn::ReadOnly(_) => Err(read_only_write()),
+        }
+    }
+
     /// Buffers a deletion; a read-only transaction refuses it.
     pub fn delete(&mut self, key: Vec<u8>) -> Result<()> {
         match self {

@@ -60,6 +60,72 @@ pub struct Router {
     open_txns: Mutex<HashMap<u64, OpenTxn>>,
     heartbeats: std::sync::OnceLock<()>,
     stats: RouterStats,
+    /// Tablet services running in this process, called directly instead of over gRPC.
+    local: LocalTablets,
+}
+
+/// The tablet services running in this process, by server: a request to one of them skips
+/// gRPC's encoding, socket and decoding but runs the very same service code, with its checks.
+/// A node adds its service once it serves and removes it before it stops.
+pub type LocalTablets = Arc<RwLock<HashMap<ServerId, Arc<dyn TabletService>>>>;
+
+/// A tablet server's service, as generated from `meridian.proto` and implemented by the
+/// spanserver.
+pub use meridian_proto::tablet_server::Tablet as TabletService;
+
+/// A way to one server's tablet service.
+enum TabletConn {
+    Remote(TabletClient<Channel>),
+    Local(Arc<dyn TabletService>),
+}
+
+impl TabletConn {
+    async fn scan(
+        self,
+        request: pb::ScanRequest,
+        timeout: Duration,
+    ) -> Result<pb::ScanResponse, tonic::Status> {
+        match self {
+            TabletConn::Remote(mut client) => {
+                let mut rpc = tonic::Request::new(request);
+                rpc.set_timeout(timeout);
+                client.scan(rpc).await.map(tonic::Response::into_inner)
+            }
+            TabletConn::Local(service) => {
+                local_call(timeout, service.scan(tonic::Request::new(request))).await
+            }
+        }
+    }
+
+    async fn txn(
+        self,
+        request: pb::TxnRequest,
+        timeout: Duration,
+    ) -> Result<pb::TxnResponse, tonic::Status> {
+        match self {
+            TabletConn::Remote(mut client) => {
+                let mut rpc = tonic::Request::new(request);
+                rpc.set_timeout(timeout);
+                client.txn(rpc).await.map(tonic::Response::into_inner)
+            }
+            TabletConn::Local(service) => {
+                local_call(timeout, service.txn(tonic::Request::new(request))).await
+            }
+        }
+    }
+}
+
+/// Runs an in-process call with the deadline a remote one would carry.
+async fn local_call<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(
+            "in-process call timed out",
+        )),
+    }
 }
 
 /// Counters of the reads a router served, for metrics and for tests that check how many round
@@ -112,6 +178,16 @@ impl Router {
     /// A router in `zone` (snapshot reads prefer replicas there) that picks read timestamps
     /// with `tt`.
     pub fn new(pd_addrs: Vec<String>, tt: Arc<dyn TrueTime>, zone: Option<String>) -> Arc<Router> {
+        Router::with_local(pd_addrs, tt, zone, LocalTablets::default())
+    }
+
+    /// A router like [`Router::new`] that calls the tablet services in `local` in-process.
+    pub fn with_local(
+        pd_addrs: Vec<String>,
+        tt: Arc<dyn TrueTime>,
+        zone: Option<String>,
+        local: LocalTablets,
+    ) -> Arc<Router> {
         Arc::new(Router {
             pd_addrs,
             tt,
@@ -123,6 +199,7 @@ impl Router {
             open_txns: Mutex::new(HashMap::new()),
             heartbeats: std::sync::OnceLock::new(),
             stats: RouterStats::default(),
+            local,
         })
     }
 
@@ -276,6 +353,14 @@ impl Router {
         }
     }
 
+    /// How to reach `server`'s tablet service: in this process if it runs here, else gRPC.
+    async fn tablet_conn(&self, server: ServerId) -> Result<TabletConn, Error> {
+        if let Some(service) = self.local.read().get(&server) {
+            return Ok(TabletConn::Local(service.clone()));
+        }
+        Ok(TabletConn::Remote(self.tablet_client(server).await?))
+    }
+
     async fn tablet_client(&self, server: ServerId) -> Result<TabletClient<Channel>, Error> {
         let addr = self.servers.read().get(&server).map(|s| s.addr.clone());
         let addr = match addr {
@@ -323,8 +408,8 @@ impl Router {
                     route.group
                 )));
             };
-            let mut client = self.tablet_client(server).await?;
-            let mut request = tonic::Request::new(pb::ScanRequest {
+            let conn = self.tablet_conn(server).await?;
+            let request = pb::ScanRequest {
                 group_id: route.group.0,
                 start: start.to_vec(),
                 end: piece_end,
@@ -333,29 +418,28 @@ impl Router {
                 read_ts,
                 max_staleness_ns: 0,
                 max_wait_ms: 0,
-            });
-            request.set_timeout(SCAN_RPC_TIMEOUT);
-            match client.scan(request).await {
-                Ok(resp) => {
-                    let resp = resp.into_inner();
-                    match resp.error.as_ref().and_then(|e| e.kind.clone()) {
-                        None => {
-                            self.leaders.write().insert(route.group, server);
-                            self.stats.note_scan(start, resp.rows.len());
-                            return Ok((route, resp));
-                        }
-                        Some(Kind::NotLeader(nl)) => self.learn_leader(&route, &nl, server),
-                        Some(Kind::Unavailable(_)) | Some(Kind::ClockUncertain(_)) => {}
-                        Some(Kind::KeyOutOfRange(_)) => {
-                            self.refresh_directory().await.ok();
-                        }
-                        Some(Kind::Conflict(m)) => return Err(Error::Aborted(m)),
-                        Some(Kind::Ambiguous(m)) | Some(Kind::Internal(m)) => {
-                            return Err(Error::Internal(m))
-                        }
-                        Some(Kind::InvalidTimestamp(m)) => return Err(Error::InvalidTimestamp(m)),
+            };
+            match conn.scan(request, SCAN_RPC_TIMEOUT).await {
+                Ok(resp) => match resp.error.as_ref().and_then(|e| e.kind.clone()) {
+                    None => {
+                        self.leaders.write().insert(route.group, server);
+                        self.stats.note_scan(start, resp.rows.len());
+                        return Ok((route, resp));
                     }
-                }
+                    Some(Kind::NotLeader(nl)) => self.learn_leader(&route, &nl, server),
+                    Some(Kind::Unavailable(_)) | Some(Kind::ClockUncertain(_)) => {}
+                    Some(Kind::KeyOutOfRange(_)) => {
+                        self.refresh_directory().await.ok();
+                    }
+                    Some(Kind::Conflict(m)) => return Err(Error::Aborted(m)),
+                    Some(Kind::Ambiguous(m)) | Some(Kind::Internal(m)) => {
+                        return Err(Error::Internal(m))
+                    }
+                    Some(Kind::InvalidTimestamp(m)) => return Err(Error::InvalidTimestamp(m)),
+                    Some(Kind::KeyExists(_)) => {
+                        return Err(Error::Internal("a scan answered key_exists".into()))
+                    }
+                },
                 Err(status) => {
                     tracing::debug!(group = route.group.0, server = server.0, %status, "scan failed");
                     self.rotate(&route, server);
@@ -462,11 +546,8 @@ impl Router {
                 max_staleness_ns: max_staleness.map_or(0, |d| d.as_nanos() as u64),
                 max_wait_ms: FOLLOWER_WAIT_MS,
             };
-            if let Ok(mut client) = self.tablet_client(local).await {
-                let mut rpc = tonic::Request::new(request);
-                rpc.set_timeout(SCAN_RPC_TIMEOUT);
-                if let Ok(resp) = client.scan(rpc).await {
-                    let resp = resp.into_inner();
+            if let Ok(conn) = self.tablet_conn(local).await {
+                if let Ok(resp) = conn.scan(request, SCAN_RPC_TIMEOUT).await {
                     match resp.error.as_ref().and_then(|e| e.kind.clone()) {
                         None => {
                             self.stats.note_scan(start, resp.rows.len());
@@ -508,32 +589,28 @@ impl Router {
                     route.group
                 )));
             };
-            let mut client = self.tablet_client(server).await?;
-            let mut rpc = tonic::Request::new(request.clone());
-            rpc.set_timeout(COMMIT_RPC_TIMEOUT);
-            match client.txn(rpc).await {
-                Ok(resp) => {
-                    let mut resp = resp.into_inner();
-                    match resp.error.take().and_then(|e| e.kind) {
-                        None => {
-                            self.leaders.write().insert(route.group, server);
-                            return Ok(resp);
-                        }
-                        Some(Kind::NotLeader(nl)) => self.learn_leader(route, &nl, server),
-                        Some(Kind::Unavailable(_)) => {}
-                        Some(Kind::ClockUncertain(m)) => {
-                            return Err(Error::Unavailable(format!("commits paused: {m}")))
-                        }
-                        Some(Kind::Conflict(m)) => return Err(Error::Aborted(m)),
-                        Some(Kind::Ambiguous(m)) => return Err(Error::Ambiguous(m)),
-                        Some(Kind::KeyOutOfRange(m)) => {
-                            self.refresh_directory().await.ok();
-                            return Err(Error::Aborted(format!("tablet boundaries changed: {m}")));
-                        }
-                        Some(Kind::Internal(m)) => return Err(Error::Internal(m)),
-                        Some(Kind::InvalidTimestamp(m)) => return Err(Error::InvalidTimestamp(m)),
+            let conn = self.tablet_conn(server).await?;
+            match conn.txn(request.clone(), COMMIT_RPC_TIMEOUT).await {
+                Ok(mut resp) => match resp.error.take().and_then(|e| e.kind) {
+                    None => {
+                        self.leaders.write().insert(route.group, server);
+                        return Ok(resp);
                     }
-                }
+                    Some(Kind::NotLeader(nl)) => self.learn_leader(route, &nl, server),
+                    Some(Kind::Unavailable(_)) => {}
+                    Some(Kind::ClockUncertain(m)) => {
+                        return Err(Error::Unavailable(format!("commits paused: {m}")))
+                    }
+                    Some(Kind::Conflict(m)) => return Err(Error::Aborted(m)),
+                    Some(Kind::Ambiguous(m)) => return Err(Error::Ambiguous(m)),
+                    Some(Kind::KeyOutOfRange(m)) => {
+                        self.refresh_directory().await.ok();
+                        return Err(Error::Aborted(format!("tablet boundaries changed: {m}")));
+                    }
+                    Some(Kind::Internal(m)) => return Err(Error::Internal(m)),
+                    Some(Kind::InvalidTimestamp(m)) => return Err(Error::InvalidTimestamp(m)),
+                    Some(Kind::KeyExists(key)) => return Err(Error::KeyExists { key }),
+                },
                 Err(status) if never_sent(&status) => {
                     tracing::debug!(group = route.group.0, server = server.0, %status, "step not sent");
                     self.rotate(route, server);

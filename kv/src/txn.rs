@@ -50,6 +50,8 @@ pub struct ReadWriteTxn {
     meta: pb::TxnMeta,
     /// Buffered writes: `None` deletes.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Buffered writes that are inserts: their keys must have no live version at commit.
+    inserts: BTreeSet<Vec<u8>>,
     /// Groups where it holds locks.
     groups: BTreeMap<GroupId, GroupState>,
     finished: bool,
@@ -72,6 +74,7 @@ impl ReadWriteTxn {
                 priority: priority.unwrap_or_else(now_ns),
             },
             writes: BTreeMap::new(),
+            inserts: BTreeSet::new(),
             groups: BTreeMap::new(),
             finished: false,
         }
@@ -256,7 +259,7 @@ impl ReadWriteTxn {
         );
         match self.router.txn_step(&route, req).await {
             Ok(resp) => Ok(resp.ts),
-            Err(e @ Error::Aborted(_)) => {
+            Err(e @ (Error::Aborted(_) | Error::KeyExists { .. })) => {
                 // The coordinator logged an abort: the prepared participants can go now.
                 self.abort_everywhere(&everyone).await;
                 Err(e)
@@ -278,17 +281,19 @@ fn before_end(key: &[u8], end: &[u8]) -> bool {
     end.is_empty() || key < end
 }
 
-fn to_pb(key: Vec<u8>, value: Option<Vec<u8>>) -> pb::Mutation {
+fn to_pb(key: Vec<u8>, value: Option<Vec<u8>>, insert: bool) -> pb::Mutation {
     match value {
         Some(value) => pb::Mutation {
             key,
             value,
             delete: false,
+            must_be_absent: insert,
         },
         None => pb::Mutation {
             key,
             value: Vec::new(),
             delete: true,
+            must_be_absent: false,
         },
     }
 }
@@ -375,8 +380,29 @@ impl ReadWriteTxn {
         self.writes.insert(key, Some(value));
     }
 
+    /// Buffers an insert: a write of `value` at `key` that commits only if `key` has no live
+    /// version then. The check costs no read now: the leader makes it when it locks the key
+    /// for the commit, and the commit fails with [`Error::KeyExists`] (writing nothing) if the
+    /// key is live. A key this transaction already wrote fails at once; one it deleted is
+    /// simply written again.
+    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), Error> {
+        match self.writes.get(&key) {
+            Some(Some(_)) => Err(Error::KeyExists { key }),
+            Some(None) => {
+                self.writes.insert(key, Some(value));
+                Ok(())
+            }
+            None => {
+                self.inserts.insert(key.clone());
+                self.writes.insert(key, Some(value));
+                Ok(())
+            }
+        }
+    }
+
     /// Buffers a deletion of `key` until commit.
     pub fn delete(&mut self, key: Vec<u8>) {
+        self.inserts.remove(&key);
         self.writes.insert(key, None);
     }
 
@@ -399,6 +425,7 @@ impl ReadWriteTxn {
         self.finished = true;
         self.router.untrack_txn(self.meta.id);
         self.writes.clear();
+        self.inserts.clear();
         let everyone: Vec<(Route, u64)> = self
             .groups
             .values()
@@ -412,13 +439,15 @@ impl ReadWriteTxn {
     /// The commit itself (see the module doc for the three ways it goes).
     async fn finish_commit(&mut self) -> Result<Option<u64>, Error> {
         let mut by_group: BTreeMap<GroupId, (Route, Vec<pb::Mutation>)> = BTreeMap::new();
+        let inserts = std::mem::take(&mut self.inserts);
         for (key, value) in std::mem::take(&mut self.writes) {
             let route = self.router.route(&key).await?;
+            let insert = inserts.contains(&key);
             by_group
                 .entry(route.group)
                 .or_insert_with(|| (route, Vec::new()))
                 .1
-                .push(to_pb(key, value));
+                .push(to_pb(key, value, insert));
         }
         let involved: BTreeSet<GroupId> =
             by_group.keys().chain(self.groups.keys()).copied().collect();

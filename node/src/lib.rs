@@ -12,7 +12,8 @@ pub mod local;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meridian_common::GroupId;
+use meridian_common::{GroupId, ServerId};
+use meridian_kv::router::{LocalTablets, Router, TabletService};
 use meridian_proto as pb;
 use meridian_spanserver::resolver::LeaderRouter;
 use meridian_spanserver::server::{ServerError, ServerOptions};
@@ -21,11 +22,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 /// What a node needs to start: the tablet server's options and where to serve SQL.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeOptions {
     pub server: ServerOptions,
     /// PostgreSQL wire-protocol address.
     pub sql_listen: SocketAddr,
+    /// The tablet services running in this process (this node's own is added once it serves),
+    /// which the node's KV client calls in-process. Nodes of one local cluster share it.
+    pub local: LocalTablets,
 }
 
 /// Addresses a started node actually listens on.
@@ -98,11 +102,13 @@ pub async fn run(
         })?;
     let mut server_opts = opts.server;
     server_opts.sql_addr = Some(sql_addr.to_string());
-    let kv = meridian_kv::Client::new(
+    let server_id = ServerId(server_opts.id);
+    let kv = meridian_kv::Client::with_router(Router::with_local(
         server_opts.pd.clone(),
         tt.clone(),
         Some(server_opts.zone.clone()),
-    );
+        opts.local.clone(),
+    ));
     let router: Arc<dyn LeaderRouter> = Arc::new(ResolverRouter(kv.router().clone()));
 
     let (server_bound_tx, server_bound_rx) = oneshot::channel();
@@ -123,6 +129,8 @@ pub async fn run(
         }
     };
 
+    let tablet: Arc<dyn TabletService> = server_addrs.tablet.clone();
+    opts.local.write().insert(server_id, tablet);
     let mut sql_shutdown = shutdown.clone();
     let sql = tokio::spawn(meridian_sql::serve(sql_listener, kv, async move {
         let _ = sql_shutdown.wait_for(|s| *s).await;
@@ -135,6 +143,7 @@ pub async fn run(
         });
     }
     let server_result = server.await;
+    opts.local.write().remove(&server_id);
     // The tablet server returns once shutdown fired; the SQL listener closes its idle
     // connections within its own grace period.
     let mut sql = sql;

@@ -16,6 +16,8 @@ use meridian_truetime::{SystemTrueTime, TrueTime};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use meridian_kv::router::{LocalTablets, Router};
+
 use crate::{NodeAddrs, NodeError, NodeOptions};
 
 /// How long [`LocalCluster::start`] waits for the cluster to bootstrap its system tablet.
@@ -100,6 +102,9 @@ pub struct LocalCluster {
     configs: Vec<NodeConfig>,
     nodes: Vec<Option<RunningNode>>,
     addrs: Vec<NodeAddrs>,
+    /// The tablet services of the running nodes, which every node and client of this cluster
+    /// calls in-process.
+    local: LocalTablets,
 }
 
 impl LocalCluster {
@@ -133,6 +138,7 @@ impl LocalCluster {
             configs: opts.nodes,
             nodes: Vec::new(),
             addrs: Vec::new(),
+            local: LocalTablets::default(),
         };
         for i in 0..cluster.configs.len() {
             match cluster.launch(i, 0).await {
@@ -171,6 +177,7 @@ impl LocalCluster {
                 lease: config.lease,
             },
             sql_listen: loopback(config.sql_port),
+            local: self.local.clone(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let (bound_tx, bound_rx) = oneshot::channel();
@@ -256,11 +263,12 @@ impl LocalCluster {
     /// A fresh KV client (its own directory cache and connections) in node `i`'s zone, with
     /// node `i`'s clock.
     pub fn kv_client(&self, i: usize) -> meridian_kv::Client {
-        meridian_kv::Client::new(
+        meridian_kv::Client::with_router(Router::with_local(
             vec![self.pd_addr.to_string()],
             self.configs[i].tt.clone(),
             Some(self.configs[i].zone.clone()),
-        )
+            self.local.clone(),
+        ))
     }
 
     /// Node `i`'s crash points.

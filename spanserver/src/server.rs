@@ -84,10 +84,13 @@ pub enum ServerError {
 }
 
 /// Addresses a started server actually listens on.
-#[derive(Clone, Debug)]
+/// Addresses a started server listens on, and its tablet service for in-process callers.
+#[derive(Clone)]
 pub struct BoundAddrs {
     pub grpc: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    /// The service behind `grpc`, to call in-process (same code, no encoding or socket).
+    pub tablet: Arc<TabletService>,
 }
 
 /// Runs a spanserver until `shutdown` changes to true. `bound` (if given) learns the addresses
@@ -132,17 +135,15 @@ pub async fn run(
         }
         None => None,
     };
-    let addrs = BoundAddrs {
-        grpc: grpc_listener.local_addr()?,
-        metrics: metrics_listener
-            .as_ref()
-            .map(|l| l.local_addr())
-            .transpose()?,
-    };
+    let grpc_addr = grpc_listener.local_addr()?;
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let metrics =
         ServerMetrics::new(opts.id).map_err(|e| ServerError::Options(format!("metrics: {e}")))?;
     let server = ServerId(opts.id);
-    tracing::info!(server = opts.id, zone = %opts.zone, grpc = %addrs.grpc, "spanserver starting");
+    tracing::info!(server = opts.id, zone = %opts.zone, grpc = %grpc_addr, "spanserver starting");
 
     let transport = Transport::new(server, tokio::runtime::Handle::current());
     let registry: Registry = Default::default();
@@ -180,7 +181,7 @@ pub async fn run(
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(pb::tablet_server::TabletServer::new(tablet_service))
+            .add_service(pb::tablet_server::TabletServer::new(tablet_service.clone()))
             .add_service(pb::raft_transport_server::RaftTransportServer::new(
                 raft_service,
             ))
@@ -207,7 +208,7 @@ pub async fn run(
     let info = pb::ServerInfo {
         id: opts.id,
         zone: opts.zone.clone(),
-        addr: advertised_addr(&opts, addrs.grpc),
+        addr: advertised_addr(&opts, grpc_addr),
         pg_addr: opts.sql_addr.clone().unwrap_or_default(),
     };
     let heartbeats = tokio::spawn(heartbeat_loop(
@@ -220,7 +221,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     if let Some(b) = bound {
-        let _ = b.send(addrs);
+        let _ = b.send(BoundAddrs {
+            grpc: grpc_addr,
+            metrics: metrics_addr,
+            tablet: Arc::new(tablet_service.clone()),
+        });
     }
 
     let _ = shutdown.wait_for(|s| *s).await;

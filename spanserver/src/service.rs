@@ -53,6 +53,7 @@ fn commit_error(e: CommitError, group: GroupId) -> Option<pb::TabletError> {
         CommitError::Ambiguous(m) => Kind::Ambiguous(m),
         CommitError::ClockUncertain(m) => Kind::ClockUncertain(m),
         CommitError::OutOfRange => Kind::KeyOutOfRange("key outside the tablet".into()),
+        CommitError::KeyExists(key) => Kind::KeyExists(key),
         CommitError::Internal(m) => Kind::Internal(m),
     })
 }
@@ -77,7 +78,8 @@ impl EngineSlot {
     }
 }
 
-/// The `Tablet` gRPC service.
+/// The `Tablet` gRPC service. Clones share everything; a node also calls it in-process.
+#[derive(Clone)]
 pub struct TabletService {
     /// False only in tests and benchmarks that measure what commit wait costs and buys: without
     /// it, commits are acknowledged before their timestamp has surely passed, and external
@@ -232,41 +234,58 @@ async fn wait_safe(
     }
 }
 
-/// Converts a request's mutations.
-fn mutations(ms: Vec<pb::Mutation>) -> Vec<tablet::Mutation> {
-    ms.into_iter()
+/// Converts a request's mutations; also returns the keys of its inserts (which must be
+/// absent).
+fn mutations(ms: Vec<pb::Mutation>) -> (Vec<tablet::Mutation>, Vec<Vec<u8>>) {
+    let absent = ms
+        .iter()
+        .filter(|m| m.must_be_absent && !m.delete)
+        .map(|m| m.key.clone())
+        .collect();
+    let mutations = ms
+        .into_iter()
         .map(|m| tablet::Mutation {
             key: m.key,
             value: if m.delete { None } else { Some(m.value) },
         })
-        .collect()
+        .collect();
+    (mutations, absent)
 }
 
 fn txn_op(op: pb::txn_request::Op) -> TxnOp {
     use pb::txn_request::Op;
     match op {
         Op::Lock(l) => TxnOp::LockExclusive { keys: l.keys },
-        Op::Commit(c) => TxnOp::Commit {
-            mutations: mutations(c.mutations),
-        },
-        Op::Prepare(p) => TxnOp::Prepare {
-            reads: p
-                .reads
-                .into_iter()
-                .map(|s| KeyRange {
-                    start: s.start,
-                    end: s.end,
-                })
-                .collect(),
-            mutations: mutations(p.mutations),
-            coordinator: p.coordinator_group,
-            participants: p.participant_groups,
-        },
-        Op::Decide(d) => TxnOp::Decide {
-            mutations: mutations(d.mutations),
-            participants: d.participant_groups,
-            min_ts: d.min_ts,
-        },
+        Op::Commit(c) => {
+            let (mutations, absent) = mutations(c.mutations);
+            TxnOp::Commit { mutations, absent }
+        }
+        Op::Prepare(p) => {
+            let (mutations, absent) = mutations(p.mutations);
+            TxnOp::Prepare {
+                reads: p
+                    .reads
+                    .into_iter()
+                    .map(|s| KeyRange {
+                        start: s.start,
+                        end: s.end,
+                    })
+                    .collect(),
+                mutations,
+                absent,
+                coordinator: p.coordinator_group,
+                participants: p.participant_groups,
+            }
+        }
+        Op::Decide(d) => {
+            let (mutations, absent) = mutations(d.mutations);
+            TxnOp::Decide {
+                mutations,
+                absent,
+                participants: d.participant_groups,
+                min_ts: d.min_ts,
+            }
+        }
         Op::Finish(f) => TxnOp::Finish { abort: f.abort },
         Op::Resolve(r) => TxnOp::Resolve {
             commit: r.commit,

@@ -212,6 +212,11 @@ impl From<meridian_kv::Error> for SqlError {
                 SqlError::InvalidParameterValue(m)
             }
             Error::LimitExceeded(m) => SqlError::ProgramLimitExceeded(m),
+            // The session names the table when it can (`Session::kv_error`).
+            Error::KeyExists { key } => SqlError::UniqueViolation {
+                table: meridian_common::keys::table_of(&key)
+                    .map_or_else(|| "unknown".to_string(), |t| t.to_string()),
+            },
             Error::Internal(m) => SqlError::Internal(m),
         }
     }
@@ -234,6 +239,12 @@ mod tests {
             (Error::InvalidTimestamp("in the future".into()), "22023"),
             (Error::InvalidArgument("bad split key".into()), "22023"),
             (Error::LimitExceeded("table ids".into()), "54000"),
+            (
+                Error::KeyExists {
+                    key: vec![0, 0, 0, 100, 1],
+                },
+                "23505",
+            ),
             (Error::Internal("bug".into()), "XX000"),
         ];
         for (kv, code) in cases {

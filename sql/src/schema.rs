@@ -158,6 +158,16 @@ impl SchemaCache {
         Ok((set, schema.version))
     }
 
+    /// The name of table `id` in the cached schema, if it is there (no reload).
+    pub fn cached_table_name(&self, id: u32) -> Option<String> {
+        let schema = self.current.read().clone()?;
+        schema
+            .tables
+            .values()
+            .find(|t| t.id == id)
+            .map(|t| t.name.clone())
+    }
+
     /// Forgets the cached schema (this gateway just changed it).
     pub fn invalidate(&self) {
         *self.current.write() = None;

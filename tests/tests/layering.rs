@@ -23,7 +23,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "meridian-kv",
         &["meridian-common", "meridian-proto", "meridian-truetime"],
     ),
-    ("meridian-sql", &["meridian-common", "meridian-kv"]),
+    (
+        "meridian-sql",
+        &["meridian-common", "meridian-kv", "meridian-truetime"],
+    ),
     ("meridian-pd", &["meridian-common", "meridian-proto"]),
     ("meridian-client", &["meridian-common", "meridian-proto"]),
     (

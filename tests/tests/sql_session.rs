@@ -350,3 +350,88 @@ async fn schema_caches_skip_the_catalog_yet_see_every_finished_ddl() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_check_their_keys_at_commit_without_reading_them() {
+    let cluster = common::single_node().await;
+    let kv = cluster.kv_client(0);
+    let mut s = Session::new(kv.clone());
+    s.execute("CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+
+    // A multi-row INSERT reads nothing: its keys are checked when the commit locks them.
+    let stats = kv.router().stats();
+    let scans = stats.user_scans.load(Ordering::Relaxed);
+    s.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        .await
+        .unwrap();
+    assert_eq!(stats.user_scans.load(Ordering::Relaxed), scans);
+
+    // One existing key fails the whole statement, which writes nothing.
+    assert_eq!(
+        error_code(&mut s, "INSERT INTO t VALUES (4, 'd'), (2, 'again')").await,
+        "23505"
+    );
+    match s.execute("INSERT INTO t VALUES (3, 'x')").await {
+        Err(e) => assert_eq!(
+            e.to_string(),
+            "duplicate key value violates unique constraint \"t_pkey\""
+        ),
+        Ok(_) => panic!("a duplicate insert succeeded"),
+    }
+    // A duplicate within the statement is caught before anything is sent.
+    assert_eq!(
+        error_code(&mut s, "INSERT INTO t VALUES (5, 'e'), (5, 'f')").await,
+        "23505"
+    );
+    assert_eq!(
+        query(&mut s, "SELECT id, v FROM t ORDER BY id").await,
+        vec![
+            vec![Datum::Int(1), Datum::Text("a".into())],
+            vec![Datum::Int(2), Datum::Text("b".into())],
+            vec![Datum::Int(3), Datum::Text("c".into())],
+        ]
+    );
+    // A deleted key can be inserted again, in another transaction or the same one.
+    s.execute("DELETE FROM t WHERE id = 3").await.unwrap();
+    s.execute("INSERT INTO t VALUES (3, 'back')").await.unwrap();
+    s.execute("BEGIN; DELETE FROM t WHERE id = 2; INSERT INTO t VALUES (2, 'new'); COMMIT")
+        .await
+        .unwrap();
+    // In an explicit transaction the duplicate is reported at COMMIT, and nothing is written.
+    s.execute("BEGIN; INSERT INTO t VALUES (6, 'f'); INSERT INTO t VALUES (1, 'dup')")
+        .await
+        .unwrap();
+    assert_eq!(error_code(&mut s, "COMMIT").await, "23505");
+    assert_eq!(s.transaction_status(), TransactionStatus::Idle);
+    assert_eq!(
+        query(&mut s, "SELECT id, v FROM t ORDER BY id").await,
+        vec![
+            vec![Datum::Int(1), Datum::Text("a".into())],
+            vec![Datum::Int(2), Datum::Text("new".into())],
+            vec![Datum::Int(3), Datum::Text("back".into())],
+        ]
+    );
+
+    // Concurrent inserts of one key: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let kv = cluster.kv_client(0);
+        tasks.push(tokio::spawn(async move {
+            let mut s = Session::new(kv);
+            s.execute(&format!("INSERT INTO t VALUES (10, 'writer {i}')"))
+                .await
+                .map_err(|e| e.sqlstate().to_string())
+        }));
+    }
+    let mut won = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(code) => assert_eq!(code, "23505"),
+        }
+    }
+    assert_eq!(won, 1);
+    cluster.shutdown().await;
+}

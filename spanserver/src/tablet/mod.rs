@@ -84,6 +84,23 @@ impl ReplicaDescriptor {
     }
 }
 
+/// The first of `keys` that has a live version (not a tombstone) in `engine`, if any: an
+/// insert's condition, checked by the leader while the keys are exclusively locked, so nothing
+/// can commit a version of them between the check and the insert's own commit.
+pub fn first_live_key(
+    engine: &dyn Engine,
+    keys: &[Vec<u8>],
+) -> Result<Option<Vec<u8>>, crate::storage::engine::EngineError> {
+    for key in keys {
+        if let Some(version) = mvcc::get(engine, key, Timestamp::MAX)? {
+            if version.value.is_some() {
+                return Ok(Some(key.clone()));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// One mutation of a commit: a value, or `None` for a deletion.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mutation {

@@ -1,9 +1,13 @@
 //! INSERT, UPDATE and DELETE.
 //!
-//! Uniqueness of primary keys is checked by reading the key before writing it: the read is
-//! validated at commit like any other, so two transactions inserting the same key cannot both
-//! commit. Within one statement the transaction's reads see its own buffered writes, so
-//! duplicates inside a multi-row INSERT are caught too.
+//! Uniqueness of primary keys costs no read: an INSERT buffers its rows as inserts
+//! ([`meridian_kv::Txn::insert`]), and the leader checks that each key has no live row when it
+//! locks the key for the commit, so two transactions inserting the same key cannot both commit
+//! and the loser writes nothing (SQLSTATE 23505, reported by the statement that commits: the
+//! INSERT itself in autocommit mode, COMMIT in an explicit transaction, as in Spanner).
+//! Duplicates inside one transaction's own writes are caught at once. Rows of tables without a
+//! primary key get a generated row id; those are checked by reading, so that a collision of
+//! generated ids is drawn again instead of reported as a duplicate the user never wrote.
 //!
 //! UPDATE changes a row's key by deleting the old key and writing the new one. All deletions of
 //! a statement happen before its writes, so `UPDATE t SET id = id + 1` succeeds whatever order
@@ -160,17 +164,21 @@ async fn insert_row(table: &TableDesc, txn: &mut Txn, mut row: Row) -> Result<Ro
             }
         }
         let (key, value) = encode_table_row(table, &row)?;
+        if generated.is_empty() {
+            return match txn.insert(key, value) {
+                Ok(()) => Ok(row),
+                Err(meridian_kv::Error::KeyExists { .. }) => Err(SqlError::UniqueViolation {
+                    table: table.name.clone(),
+                }),
+                Err(e) => Err(e.into()),
+            };
+        }
         if txn.get(&key).await?.is_none() {
             txn.put(key, value)?;
             return Ok(row);
         }
         // A generated id that collides (another gateway, same millisecond and node bits) is
         // drawn again rather than reported as a duplicate the user never wrote.
-        if generated.is_empty() {
-            return Err(SqlError::UniqueViolation {
-                table: table.name.clone(),
-            });
-        }
     }
 }
 

@@ -106,7 +106,7 @@ impl Session {
                     Ok(Some(ts)) => self.last_commit_ts = Some(ts),
                     Ok(None) => {}
                     Err(e) => {
-                        let e = SqlError::from(e);
+                        let e = self.kv_error(e);
                         if e.is_retryable() {
                             self.retry_priority = Some(open.txn.priority());
                         }
@@ -116,6 +116,18 @@ impl Session {
                 Ok(StatementResult::command(CommandTag::Commit))
             }
         }
+    }
+
+    /// A KV error as the client should see it: an insert's duplicate key names its table.
+    fn kv_error(&self, e: meridian_kv::Error) -> SqlError {
+        if let meridian_kv::Error::KeyExists { key } = &e {
+            let name = meridian_common::keys::table_of(key)
+                .and_then(|t| self.schema.cached_table_name(t.0));
+            if let Some(table) = name {
+                return SqlError::UniqueViolation { table };
+            }
+        }
+        SqlError::from(e)
     }
 
     pub(super) async fn rollback(&mut self) -> Result<StatementResult> {
@@ -243,7 +255,7 @@ impl Session {
                 };
                 match run_statement(&self.schema, plan, &mut txn, stmt, params, param_types).await {
                     Ok(result) => {
-                        let committed = txn.commit().await?;
+                        let committed = txn.commit().await.map_err(|e| self.kv_error(e))?;
                         if read_only.is_some() {
                             if let Some(ts) = txn.read_ts() {
                                 self.last_read_ts = Some(ts);

@@ -70,6 +70,9 @@ pub enum CommitError {
     /// A key is outside this tablet: refresh the directory.
     #[error("key out of range")]
     OutOfRange,
+    /// An insert found its key live: nothing was written.
+    #[error("key exists")]
+    KeyExists(Vec<u8>),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -84,6 +87,7 @@ impl CommitError {
             CommitError::Ambiguous(_) => "ambiguous",
             CommitError::ClockUncertain(_) => "clock_uncertain",
             CommitError::OutOfRange => "out_of_range",
+            CommitError::KeyExists(_) => "key_exists",
             CommitError::Internal(_) => "internal",
         }
     }
@@ -102,18 +106,24 @@ pub enum TxnOp {
     LockShared { spans: Vec<Span> },
     /// Exclusive locks on keys (round 1 of two-phase commit); answered when granted.
     LockExclusive { keys: Vec<Vec<u8>> },
-    /// Single-group commit.
-    Commit { mutations: Vec<Mutation> },
+    /// Single-group commit. `absent`: keys among the mutations (inserts) that must have no
+    /// live version, checked under their exclusive locks before the commit is proposed.
+    Commit {
+        mutations: Vec<Mutation>,
+        absent: Vec<Vec<u8>>,
+    },
     /// Two-phase commit: participant prepare.
     Prepare {
         reads: Vec<KeyRange>,
         mutations: Vec<Mutation>,
+        absent: Vec<Vec<u8>>,
         coordinator: u64,
         participants: Vec<u64>,
     },
     /// Two-phase commit: coordinator commit.
     Decide {
         mutations: Vec<Mutation>,
+        absent: Vec<Vec<u8>>,
         participants: Vec<u64>,
         min_ts: u64,
     },

@@ -26,7 +26,7 @@ impl DriverLoop {
                 tablet::all_in_range(range, mutations)
                     && reads.iter().all(|s| range.covers(&s.start, &s.end))
             }
-            TxnOp::Commit { mutations } | TxnOp::Decide { mutations, .. } => {
+            TxnOp::Commit { mutations, .. } | TxnOp::Decide { mutations, .. } => {
                 tablet::all_in_range(range, mutations)
             }
             _ => true,
@@ -42,7 +42,7 @@ impl DriverLoop {
                 keys.iter().map(|k| Span::point(k)).collect(),
                 LockMode::Exclusive,
             ),
-            TxnOp::Commit { mutations } => (
+            TxnOp::Commit { mutations, .. } => (
                 mutations.iter().map(|m| Span::point(&m.key)).collect(),
                 LockMode::Exclusive,
             ),
@@ -97,6 +97,13 @@ impl DriverLoop {
             // locks must still be the ones the transaction took, and from here on nothing may
             // wound it. Otherwise it ends here and gives its locks back.
             let failpoints = self.config.failpoints.clone();
+            let engine = self.config.engine.clone();
+            let absent: &[Vec<u8>] = match &call.op {
+                TxnOp::Commit { absent, .. }
+                | TxnOp::Prepare { absent, .. }
+                | TxnOp::Decide { absent, .. } => absent,
+                _ => &[],
+            };
             let ready = tt
                 .check_usable()
                 .map_err(|e| CommitError::ClockUncertain(e.to_string()))
@@ -107,6 +114,12 @@ impl DriverLoop {
                     } else {
                         Ok(epoch)
                     }
+                })
+                // Inserts: their keys are exclusively locked now, so what is live stays live.
+                .and_then(|epoch| {
+                    tablet::first_live_key(engine.as_ref(), absent)
+                        .map_err(|e| CommitError::Internal(e.to_string()))?
+                        .map_or(Ok(epoch), |key| Err(CommitError::KeyExists(key)))
                 })
                 .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from));
             if let Err(e) = ready {
@@ -166,7 +179,7 @@ impl DriverLoop {
                     return;
                 }
             }
-            TxnOp::Commit { mutations } => {
+            TxnOp::Commit { mutations, .. } => {
                 let ts = r.next_ts(tt.as_ref(), 0);
                 let command = Command::Commit {
                     proposal: self.next_proposal,
@@ -181,6 +194,7 @@ impl DriverLoop {
                 mutations,
                 coordinator,
                 participants,
+                ..
             } => {
                 let ts = r.next_ts(tt.as_ref(), 0);
                 let record = PreparedRecord {
@@ -202,6 +216,7 @@ impl DriverLoop {
                 mutations,
                 participants,
                 min_ts,
+                ..
             } => {
                 let ts = r.next_ts(tt.as_ref(), min_ts.saturating_add(1));
                 let command = Command::Decide {
