@@ -32,6 +32,9 @@ use crate::tablet::{self, KeyRange, ReplicaDescriptor, TxnMeta};
 /// How long a commit may wait for its Raft round before its outcome is reported as unknown.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub use crate::tablet::reads::GC_HORIZON;
+
+/// Scans of at most this many rows run on the calling task instead of the blocking pool.
+const INLINE_SCAN_ROWS: usize = 16;
 /// How long a transaction step may wait for locks before it gives up (wound-wait already
 /// bounds waits; this catches a holder that stopped making progress).
 pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -397,10 +400,16 @@ impl pb::tablet_server::Tablet for TabletService {
             return Err(Status::unavailable("server shutting down"));
         };
         let (start, end) = (req.start, req.end);
-        let result = tokio::task::spawn_blocking(move || {
-            mvcc::scan(engine.as_ref(), &start, &end, read_ts, limit)
-        })
-        .await;
+        // A read of a few rows costs less than handing it to the blocking pool (a thread
+        // switch each way); longer scans go there, off the network runtime's threads.
+        let result = if limit <= INLINE_SCAN_ROWS {
+            Ok(mvcc::scan(engine.as_ref(), &start, &end, read_ts, limit))
+        } else {
+            tokio::task::spawn_blocking(move || {
+                mvcc::scan(engine.as_ref(), &start, &end, read_ts, limit)
+            })
+            .await
+        };
         let scan = match result {
             Ok(Ok(scan)) => scan,
             Ok(Err(e)) => {

@@ -19,6 +19,7 @@
 pub mod agent;
 pub mod marzullo;
 pub mod master;
+pub mod timer;
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -237,7 +238,7 @@ pub async fn wait_until_after(tt: &dyn TrueTime, t: Timestamp) {
             return;
         }
         let remaining = Duration::from_nanos(t.0 - now.earliest.0 + 1);
-        tokio::time::sleep(remaining).await;
+        timer::sleep_precise(remaining).await;
     }
 }
 

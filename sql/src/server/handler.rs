@@ -7,19 +7,22 @@ use async_trait::async_trait;
 use futures::{stream, Sink, SinkExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
-use pgwire::api::portal::{Format, Portal};
+use std::ops::Deref;
+
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use pgwire::api::query::{
     send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
     SimpleQueryHandler,
 };
 use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult, SEVERITY_ERROR};
-use pgwire::messages::extendedquery::Sync as PgSync;
+use pgwire::messages::extendedquery::{Bind, BindComplete, Execute, Sync as PgSync};
 use pgwire::messages::response::{
     EmptyQueryResponse, ReadyForQuery, TransactionStatus as WireStatus,
 };
@@ -243,6 +246,98 @@ impl ExtendedQueryHandler for Connection {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// Like pgwire's default, but queues BindComplete instead of flushing it: the response
+    /// goes out with the rest of the exchange at Sync or Flush (one segment per round trip,
+    /// as PostgreSQL sends, instead of one per message).
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement_name = message
+            .statement_name
+            .as_deref()
+            .unwrap_or(pgwire::api::DEFAULT_NAME);
+        let portal_name = message
+            .portal_name
+            .as_deref()
+            .unwrap_or(pgwire::api::DEFAULT_NAME);
+        match client.portal_store().get_statement(statement_name) {
+            Some(Entry::Value(statement)) => {
+                let portal = Portal::try_new(&message, statement)?;
+                client.portal_store().put_portal(Arc::new(portal));
+            }
+            Some(Entry::Empty) => {
+                if !message.parameters.is_empty() {
+                    return Err(user_error(SqlError::ProtocolViolation(format!(
+                        "bind message supplies {} parameters, but prepared statement \
+                         {statement_name:?} requires 0",
+                        message.parameters.len()
+                    ))));
+                }
+                client.portal_store().put_empty_portal(portal_name);
+            }
+            None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+        }
+        client
+            .feed(PgWireBackendMessage::BindComplete(BindComplete::new()))
+            .await?;
+        Ok(())
+    }
+
+    /// Runs a portal to completion (`max_rows` 0, what drivers send) and queues the whole
+    /// result for the flush at Sync, like [`Self::on_bind`]. A row-limited Execute takes
+    /// pgwire's default path, which keeps the portal open between fetches.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal)) if message.max_rows == 0 => portal,
+            _ => return self._on_execute(client, message).await,
+        };
+        if !matches!(
+            portal.state().lock().await.deref(),
+            PortalExecutionState::Initial
+        ) || !matches!(client.state(), PgWireConnectionState::ReadyForQuery)
+        {
+            return self._on_execute(client, message).await;
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        // An error leaves the state as pgwire's default does: the connection loop reports it
+        // and discards messages until Sync.
+        let response = ExtendedQueryHandler::do_query(self, client, &portal, 0).await?;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        match response {
+            Response::Query(results) => send_query_response(client, results, false).await?,
+            Response::Execution(tag)
+            | Response::TransactionStart(tag)
+            | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+            Response::EmptyQuery => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(
+                        EmptyQueryResponse::new(),
+                    ))
+                    .await?
+            }
+            Response::Error(e) => {
+                client
+                    .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                    .await?
+            }
+            Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {}
+        }
+        let status = self.wire_status().await;
+        client.set_transaction_status(status);
+        Ok(())
     }
 
     /// Like pgwire's default, but with the session's own transaction status.
