@@ -33,6 +33,7 @@
 pub mod lock_table;
 pub mod reads;
 pub mod snapshot;
+pub mod steps;
 
 use meridian_truetime::Timestamp;
 use serde::{Deserialize, Serialize};

@@ -43,6 +43,7 @@ use super::{GroupId, ServerId};
 use crate::failpoints::{self, Failpoints};
 use crate::storage::engine::{Cf, Engine, WriteBatch};
 use crate::tablet::lock_table::{Acquired, Effects, LockMode, LockTable, Refusal, Span, WaiterId};
+use crate::tablet::steps::{self, StepRefusal};
 use crate::tablet::{
     self, Applied, Command, KeyRange, Lease, Mutation, PreparedRecord, ReplicaDescriptor, TxnMeta,
     TxnRecords,
@@ -96,6 +97,16 @@ impl CommitError {
 impl From<Refusal> for CommitError {
     fn from(r: Refusal) -> Self {
         CommitError::Conflict(r.to_string())
+    }
+}
+
+impl From<StepRefusal> for CommitError {
+    fn from(r: StepRefusal) -> Self {
+        match r {
+            StepRefusal::ClockUncertain(m) => CommitError::ClockUncertain(m),
+            StepRefusal::Locks(refusal) => refusal.into(),
+            StepRefusal::KeyExists(key) => CommitError::KeyExists(key),
+        }
     }
 }
 
@@ -430,16 +441,12 @@ impl Replica {
     /// assigned or applied, and above every timestamp a reader has been promised.
     fn next_ts(&self, tt: &dyn TrueTime, at_least: u64) -> Timestamp {
         let mut state = self.shared.ts.lock();
-        let floor = state
-            .last_assigned
-            .max(state.read_floor)
-            .max(self.max_applied_ts.0)
-            .saturating_add(1);
-        let ts = tt
-            .now()
-            .latest
-            .max(Timestamp(floor))
-            .max(Timestamp(at_least));
+        let inputs = steps::TsInputs {
+            last_assigned: state.last_assigned,
+            read_floor: state.read_floor,
+            max_applied: self.max_applied_ts.0,
+        };
+        let ts = steps::choose_ts(tt.now(), inputs, at_least);
         state.last_assigned = ts.0;
         ts
     }

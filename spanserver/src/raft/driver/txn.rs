@@ -82,44 +82,30 @@ impl DriverLoop {
         // The epoch the transaction's locks are held under here, if it still holds them.
         let held = r.locks.check(txn, now);
         let epoch_ok = |held: &Result<u64, Refusal>| -> Result<u64, CommitError> {
-            match held {
-                Ok(e) if call.epoch == 0 || call.epoch == *e => Ok(*e),
-                Ok(_) => Err(Refusal::Lost.into()),
-                Err(refusal) => Err(refusal.clone().into()),
-            }
+            steps::check_epoch(call.epoch, held).map_err(CommitError::from)
         };
-        let needs_clock = matches!(
-            call.op,
-            TxnOp::Commit { .. } | TxnOp::Prepare { .. } | TxnOp::Decide { .. }
-        );
-        if needs_clock {
+        let absent: Option<&[Vec<u8>]> = match &call.op {
+            TxnOp::Commit { absent, .. }
+            | TxnOp::Prepare { absent, .. }
+            | TxnOp::Decide { absent, .. } => Some(absent),
+            _ => None,
+        };
+        if let Some(absent) = absent {
             // A step that proposes a commit or prepare: the clock must justify a timestamp, the
-            // locks must still be the ones the transaction took, and from here on nothing may
-            // wound it. Otherwise it ends here and gives its locks back.
-            let failpoints = self.config.failpoints.clone();
-            let engine = self.config.engine.clone();
-            let absent: &[Vec<u8>] = match &call.op {
-                TxnOp::Commit { absent, .. }
-                | TxnOp::Prepare { absent, .. }
-                | TxnOp::Decide { absent, .. } => absent,
-                _ => &[],
-            };
-            let ready = tt
-                .check_usable()
-                .map_err(|e| CommitError::ClockUncertain(e.to_string()))
-                .and_then(|()| epoch_ok(&held))
-                .and_then(|epoch| {
-                    if failpoints.refuse(failpoints::COMMIT_CONFLICT) {
-                        Err(Refusal::Wounded.into())
+            // locks must still be the ones the transaction took, and the inserts' keys (locked
+            // exclusively now, so what is live stays live) must be free; from here on nothing
+            // may wound it. Otherwise it ends here and gives its locks back.
+            let ready = tablet::first_live_key(self.config.engine.as_ref(), absent)
+                .map_err(|e| CommitError::Internal(e.to_string()))
+                .and_then(|live| {
+                    let refused = self.config.failpoints.refuse(failpoints::COMMIT_CONFLICT);
+                    let held = if refused {
+                        Err(Refusal::Wounded)
                     } else {
-                        Ok(epoch)
-                    }
-                })
-                // Inserts: their keys are exclusively locked now, so what is live stays live.
-                .and_then(|epoch| {
-                    tablet::first_live_key(engine.as_ref(), absent)
-                        .map_err(|e| CommitError::Internal(e.to_string()))?
-                        .map_or(Ok(epoch), |key| Err(CommitError::KeyExists(key)))
+                        held.clone()
+                    };
+                    steps::check_proposal(tt.check_usable(), call.epoch, &held, live)
+                        .map_err(CommitError::from)
                 })
                 .and_then(|_| r.locks.mark_prepared(txn).map_err(CommitError::from));
             if let Err(e) = ready {
