@@ -14,10 +14,10 @@ use tokio::sync::watch;
 /// Zones of the demo's three servers.
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 
-pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
+pub async fn run(pg_port: u16, no_shell: bool, master_bound: Duration) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let (tt, agent_addr) = start_truetime(&stop_rx, &mut tasks).await?;
+    let (tt, agent_addr) = start_truetime(master_bound, &stop_rx, &mut tasks).await?;
     let mut opts = ClusterOptions::zones(ZONES.len()).each_node(|n| {
         n.tt = tt.clone();
         n.metrics = true;
@@ -74,10 +74,6 @@ pub async fn run(pg_port: u16, no_shell: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The error bound the demo's time master declares when the kernel does not report the clock
-/// disciplined. The demo's processes share one clock, so they never disagree with each other;
-/// this is what the demo assumes about that clock against true time.
-const DEMO_MASTER_BOUND: Duration = Duration::from_micros(1000);
 /// How often the demo's agent polls its master.
 const DEMO_POLL_INTERVAL: Duration = Duration::from_millis(1000);
 
@@ -85,11 +81,12 @@ type Tasks = Vec<tokio::task::JoinHandle<Result<(), String>>>;
 
 /// Starts a time master and an agent in this process and returns a clock fed by the agent.
 async fn start_truetime(
+    master_bound: Duration,
     stop: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> Result<(Arc<dyn TrueTime>, SocketAddr), String> {
     let local = daemon::start_local(
-        DEMO_MASTER_BOUND,
+        master_bound,
         DEMO_POLL_INTERVAL,
         AgentConfig::default(),
         None,

@@ -1,8 +1,8 @@
 //! The `meridian` binary: parses flags and calls the crates. Nothing else lives here.
 //!
-//! - `meridian pd --data-dir DIR --listen HOST:PORT`
 //! - `meridian start --id N --zone ZONE --data-dir DIR --listen HOST:PORT --pg-listen HOST:PORT --pd HOST:PORT[,HOST:PORT…]`
-//! - `meridian demo [--pg-port PORT] [--no-shell]`
+//! - `meridian pd --data-dir DIR --listen HOST:PORT [--replicas N]` (replicas per tablet, default 3)
+//! - `meridian demo [--pg-port PORT] [--no-shell] [--master-bound-us N]`
 //! - `meridian sql --url postgresql://USER@HOST:PORT/DB [-e STATEMENT]`
 
 mod bench;
@@ -93,6 +93,10 @@ enum Command {
         /// Serve until SIGINT/SIGTERM instead of opening the shell.
         #[arg(long)]
         no_shell: bool,
+        /// The error bound the demo's time master declares when the kernel does not report
+        /// the clock disciplined, in µs: ε, and so commit wait, follow it.
+        #[arg(long, default_value_t = 1000)]
+        master_bound_us: u64,
     },
     /// TrueTime: run a time master or agent, or ask an agent for the time.
     Truetime {
@@ -340,9 +344,13 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
-            Command::Demo { pg_port, no_shell } => {
+            Command::Demo {
+                pg_port,
+                no_shell,
+                master_bound_us,
+            } => {
                 init_tracing("warn");
-                demo::run(pg_port, no_shell).await
+                demo::run(pg_port, no_shell, Duration::from_micros(master_bound_us)).await
             }
             Command::Bench { bench } => bench::run(bench).await,
             Command::Truetime { command } => truetime::run(command).await,
