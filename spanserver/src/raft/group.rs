@@ -23,10 +23,10 @@ use raft::prelude::{
 };
 use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
-use super::keys;
 use super::storage::GroupStorage;
 use super::{GroupId, ServerId};
 use crate::storage::engine::{Cf, Engine, EngineError, WriteBatch};
+use crate::storage::keys;
 
 /// Raft timing, in ticks of [`TICK_INTERVAL`].
 pub const ELECTION_TICKS: usize = 10;

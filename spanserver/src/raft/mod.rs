@@ -31,7 +31,6 @@
 
 pub mod driver;
 pub mod group;
-pub mod keys;
 pub mod storage;
 pub mod transport;
 

@@ -52,6 +52,7 @@
 //! - No caching above the engine, and no snapshots beyond what an engine iterator gives.
 
 pub mod engine;
+pub mod keys;
 pub mod mem;
 pub mod mvcc;
 pub mod rocks;

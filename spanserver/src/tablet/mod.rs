@@ -40,8 +40,10 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
-use crate::raft::{keys, GroupId, ServerId};
+use meridian_common::{GroupId, ServerId};
+
 use crate::storage::engine::{Cf, Engine, WriteBatch};
+use crate::storage::keys;
 use crate::storage::mvcc;
 
 pub use meridian_common::KeyRange;

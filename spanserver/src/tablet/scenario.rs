@@ -45,8 +45,10 @@ use super::{
     apply, Applied, Command, DecisionRecord, KeyRange, Lease, Mutation, PreparedRecord,
     ReplicaDescriptor, TxnMeta, TxnRecords,
 };
-use crate::raft::{keys, GroupId};
+use meridian_common::GroupId;
+
 use crate::storage::engine::{BatchOp, Cf, Engine, WriteBatch};
+use crate::storage::keys;
 use crate::storage::mem::MemEngine;
 use crate::storage::mvcc;
 
@@ -326,7 +328,7 @@ impl Harness {
                 let command = Command::Split {
                     proposal,
                     at: args.get("at")?.as_bytes().to_vec(),
-                    new_group: crate::raft::GroupId(new_group),
+                    new_group: GroupId(new_group),
                     floor: args.u64_or("floor", 0)?,
                 };
                 let (mut out, applied) = self.apply(name, command)?;
@@ -381,12 +383,12 @@ impl Harness {
             return Err(format!("replica {name} already exists"));
         }
         let desc = ReplicaDescriptor {
-            group: crate::raft::GroupId(args.u64("group")?),
+            group: GroupId(args.u64("group")?),
             range: parse_range(args.get("range")?)?,
             peers: args
                 .list("peers")?
                 .into_iter()
-                .map(crate::raft::ServerId)
+                .map(meridian_common::ServerId)
                 .collect(),
             generation: 0,
         };

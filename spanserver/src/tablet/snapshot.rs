@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{DecisionRecord, KeyRange, Lease, PreparedRecord, ReplicaDescriptor, TxnRecords};
-use crate::raft::keys;
 use crate::storage::engine::{Cf, Engine, KvPair, WriteBatch};
+use crate::storage::keys;
 use crate::storage::mvcc;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,12 +119,12 @@ mod tests {
         mvcc::put_version(&mut b, b"z", Timestamp(9), Some(b"outside"));
         source.write(b, false).expect("write");
         let desc = ReplicaDescriptor {
-            group: crate::raft::GroupId(7),
+            group: meridian_common::GroupId(7),
             range: KeyRange {
                 start: b"a".to_vec(),
                 end: b"m".to_vec(),
             },
-            peers: [1, 2, 3].map(crate::raft::ServerId).to_vec(),
+            peers: [1, 2, 3].map(meridian_common::ServerId).to_vec(),
             generation: 0,
         };
         let bytes =

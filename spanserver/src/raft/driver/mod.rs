@@ -37,11 +37,11 @@ use raft::prelude::{Entry, EntryType, Message};
 use tokio::sync::oneshot;
 
 use super::group::{self, RaftGroup, TICK_INTERVAL};
-use super::keys;
 use super::transport::Transport;
 use super::{GroupId, ServerId};
 use crate::failpoints::{self, Failpoints};
 use crate::storage::engine::{Cf, Engine, WriteBatch};
+use crate::storage::keys;
 use crate::tablet::lock_table::{Acquired, Effects, LockMode, LockTable, Refusal, Span, WaiterId};
 use crate::tablet::steps::{self, StepRefusal};
 use crate::tablet::{

@@ -23,8 +23,9 @@ use std::sync::Arc;
 use raft::prelude::Message;
 
 use super::{RaftGroup, Timing};
-use crate::raft::{keys, GroupId, ServerId};
+use crate::raft::{GroupId, ServerId};
 use crate::storage::engine::{Cf, Engine, WriteBatch};
+use crate::storage::keys;
 use crate::storage::mem::MemEngine;
 
 const GROUP: GroupId = GroupId(1);

@@ -18,7 +18,7 @@
 //!
 //! Transaction records are written in the same batch as the applied entries that create them.
 
-use super::GroupId;
+use meridian_common::GroupId;
 
 const ENTRY: u8 = 0x01;
 const HARD_STATE: u8 = 0x02;
