@@ -64,3 +64,31 @@ fn transcript(script: &str, mut harness: impl FnMut(&str) -> Result<String, Stri
     }
     out
 }
+
+/// A script line split into its command, its `key=value` options and its bare words.
+pub struct Line<'a> {
+    pub command: &'a str,
+    pub args: std::collections::BTreeMap<&'a str, &'a str>,
+    pub bare: Vec<&'a str>,
+}
+
+/// Splits a script line (see [`Line`]).
+pub fn split_line(line: &str) -> Line<'_> {
+    let mut words = line.split_whitespace();
+    let command = words.next().unwrap_or_default();
+    let mut args = std::collections::BTreeMap::new();
+    let mut bare = Vec::new();
+    for word in words {
+        match word.split_once('=') {
+            Some((k, v)) => {
+                args.insert(k, v);
+            }
+            None => bare.push(word),
+        }
+    }
+    Line {
+        command,
+        args,
+        bare,
+    }
+}

@@ -5,24 +5,14 @@
 
 mod common;
 
+use common::{query, session};
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meridian_node::local::LocalCluster;
 use meridian_spanserver::failpoints::COMMIT_CONFLICT;
 use meridian_sql::encoding::{encode_key_datum, index_prefix, table_prefix, PRIMARY_INDEX_ID};
 use meridian_sql::{Datum, Session, TransactionStatus};
-
-fn session(cluster: &LocalCluster) -> Session {
-    Session::new(cluster.kv_client(0))
-}
-
-async fn query(session: &mut Session, sql: &str) -> Vec<Vec<Datum>> {
-    let results = session
-        .execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    results.last().map(|r| r.rows.clone()).unwrap_or_default()
-}
 
 async fn count(session: &mut Session, sql: &str) -> i64 {
     match query(session, sql).await.as_slice() {

@@ -4,24 +4,13 @@
 
 mod common;
 
+use common::{query, session};
+
 use std::sync::atomic::Ordering;
 
-use meridian_node::local::LocalCluster;
 use meridian_spanserver::failpoints::COMMIT_CONFLICT;
 use meridian_sql::session::CommandTag;
 use meridian_sql::{Datum, Session, TransactionStatus};
-
-fn session(cluster: &LocalCluster) -> Session {
-    Session::new(cluster.kv_client(0))
-}
-
-async fn query(session: &mut Session, sql: &str) -> Vec<Vec<Datum>> {
-    let results = session
-        .execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    results.last().map(|r| r.rows.clone()).unwrap_or_default()
-}
 
 async fn error_code(session: &mut Session, sql: &str) -> String {
     match session.execute(sql).await {

@@ -191,8 +191,6 @@ mod scenario {
     //! - `wait ts=T floor=BOOL assigned=T`: the applied target ([`applied_target`]) and whether
     //!   the read may be served now ([`is_safe`]), else why not.
 
-    use std::collections::BTreeMap;
-
     use meridian_truetime::{Timestamp, TtInterval};
 
     use super::*;
@@ -248,18 +246,11 @@ mod scenario {
         }
 
         fn run(&mut self, line: &str) -> Result<String, String> {
-            let mut words = line.split_whitespace();
-            let command = words.next().unwrap_or_default();
-            let mut args = BTreeMap::new();
-            let mut bare = Vec::new();
-            for word in words {
-                match word.split_once('=') {
-                    Some((k, v)) => {
-                        args.insert(k, v);
-                    }
-                    None => bare.push(word),
-                }
-            }
+            let crate::scenarios::Line {
+                command,
+                args,
+                bare,
+            } = crate::scenarios::split_line(line);
             let time = |name: &str| -> Result<u64, String> {
                 parse_time(args.get(name).ok_or_else(|| format!("missing {name}="))?)
             };

@@ -116,18 +116,11 @@ mod scenario {
 
     impl Harness {
         fn run(&mut self, line: &str) -> Result<String, String> {
-            let mut words = line.split_whitespace();
-            let command = words.next().unwrap_or_default();
-            let mut args = BTreeMap::new();
-            let mut bare = Vec::new();
-            for word in words {
-                match word.split_once('=') {
-                    Some((k, v)) => {
-                        args.insert(k, v);
-                    }
-                    None => bare.push(word),
-                }
-            }
+            let crate::scenarios::Line {
+                command,
+                args,
+                bare,
+            } = crate::scenarios::split_line(line);
             match command {
                 "clock" => {
                     self.clock = match bare.as_slice() {

@@ -110,6 +110,37 @@ fn error_info(e: &SqlError) -> ErrorInfo {
     )
 }
 
+/// Queues one statement's response (rows with `describe`, the simple protocol's RowDescription)
+/// without flushing: the connection flushes once, at ReadyForQuery.
+async fn queue_response<C>(client: &mut C, response: Response, describe: bool) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    match response {
+        Response::Query(results) => send_query_response(client, results, describe).await,
+        Response::Execution(tag)
+        | Response::TransactionStart(tag)
+        | Response::TransactionEnd(tag) => send_execution_response(client, tag).await,
+        Response::Error(e) => {
+            client
+                .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                .await?;
+            Ok(())
+        }
+        Response::EmptyQuery => {
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
+            Ok(())
+        }
+        Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => Ok(()),
+    }
+}
+
 /// The tag pgwire completes with the number of rows sent, for a row-returning statement.
 fn query_tag(tag: CommandTag) -> &'static str {
     match tag {
@@ -182,25 +213,7 @@ impl SimpleQueryHandler for Connection {
                 .await?;
         } else {
             for r in SimpleQueryHandler::do_query(self, client, &query.query).await? {
-                match r {
-                    Response::Query(results) => send_query_response(client, results, true).await?,
-                    Response::Execution(tag)
-                    | Response::TransactionStart(tag)
-                    | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
-                    Response::Error(e) => {
-                        client
-                            .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
-                            .await?
-                    }
-                    Response::EmptyQuery => {
-                        client
-                            .feed(PgWireBackendMessage::EmptyQueryResponse(
-                                EmptyQueryResponse::new(),
-                            ))
-                            .await?
-                    }
-                    Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {}
-                }
+                queue_response(client, r, true).await?;
             }
         }
         let status = self.wire_status().await;
@@ -316,25 +329,7 @@ impl ExtendedQueryHandler for Connection {
         // and discards messages until Sync.
         let response = ExtendedQueryHandler::do_query(self, client, &portal, 0).await?;
         client.set_state(PgWireConnectionState::ReadyForQuery);
-        match response {
-            Response::Query(results) => send_query_response(client, results, false).await?,
-            Response::Execution(tag)
-            | Response::TransactionStart(tag)
-            | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
-            Response::EmptyQuery => {
-                client
-                    .feed(PgWireBackendMessage::EmptyQueryResponse(
-                        EmptyQueryResponse::new(),
-                    ))
-                    .await?
-            }
-            Response::Error(e) => {
-                client
-                    .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
-                    .await?
-            }
-            Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {}
-        }
+        queue_response(client, response, false).await?;
         let status = self.wire_status().await;
         client.set_transaction_status(status);
         Ok(())

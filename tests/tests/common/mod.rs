@@ -245,3 +245,20 @@ pub async fn user_tablet_starts(pd_addr: &str) -> Vec<Vec<u8>> {
     starts.sort();
     starts
 }
+
+/// A SQL session on node 0 of `cluster`, with a schema cache of its own.
+pub fn session(cluster: &LocalCluster) -> meridian_sql::Session {
+    meridian_sql::Session::new(cluster.kv_client(0))
+}
+
+/// The rows of the last statement of `sql`, which must succeed.
+pub async fn query(
+    session: &mut meridian_sql::Session,
+    sql: &str,
+) -> Vec<Vec<meridian_sql::Datum>> {
+    let results = session
+        .execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    results.last().map(|r| r.rows.clone()).unwrap_or_default()
+}
