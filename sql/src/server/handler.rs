@@ -14,7 +14,10 @@ use pgwire::api::query::{
     send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
     SimpleQueryHandler,
 };
-use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldFormat, FieldInfo,
+    QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
@@ -22,7 +25,11 @@ use pgwire::api::{
     ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult, SEVERITY_ERROR};
-use pgwire::messages::extendedquery::{Bind, BindComplete, Execute, Sync as PgSync};
+use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
+use pgwire::messages::extendedquery::{
+    Bind, BindComplete, Describe, Execute, Sync as PgSync, TARGET_TYPE_BYTE_PORTAL,
+    TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::response::{
     EmptyQueryResponse, ReadyForQuery, TransactionStatus as WireStatus,
 };
@@ -139,6 +146,36 @@ where
         }
         Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => Ok(()),
     }
+}
+
+/// Queues a Describe's answer (parameter types, then the row description or NoData) without
+/// flushing.
+async fn queue_description<C, D>(client: &mut C, described: &D) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    D: DescribeResponse,
+{
+    if let Some(types) = described.parameters() {
+        let oids = types.iter().map(|t| t.oid()).collect();
+        client
+            .feed(PgWireBackendMessage::ParameterDescription(
+                ParameterDescription::new(oids),
+            ))
+            .await?;
+    }
+    if described.is_no_data() {
+        client.feed(PgWireBackendMessage::NoData(NoData::new())).await?;
+    } else {
+        let fields = described.fields().iter().map(Into::into).collect();
+        client
+            .feed(PgWireBackendMessage::RowDescription(RowDescription::new(
+                fields,
+            )))
+            .await?;
+    }
+    Ok(())
 }
 
 /// The tag pgwire completes with the number of rows sent, for a row-returning statement.
@@ -300,6 +337,41 @@ impl ExtendedQueryHandler for Connection {
             .feed(PgWireBackendMessage::BindComplete(BindComplete::new()))
             .await?;
         Ok(())
+    }
+
+    /// Like pgwire's default, but queues the description for the flush at Sync, like
+    /// [`Self::on_bind`] (drivers describe the portal before every Execute).
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => match client.portal_store().get_statement(name) {
+                Some(Entry::Value(stmt)) => {
+                    let described = self.do_describe_statement(client, &stmt).await?;
+                    queue_description(client, &described).await
+                }
+                Some(Entry::Empty) => {
+                    queue_description(client, &DescribeStatementResponse::no_data()).await
+                }
+                None => Err(PgWireError::StatementNotFound(name.to_owned())),
+            },
+            TARGET_TYPE_BYTE_PORTAL => match client.portal_store().get_portal(name) {
+                Some(Entry::Value(portal)) => {
+                    let described = self.do_describe_portal(client, &portal).await?;
+                    queue_description(client, &described).await
+                }
+                Some(Entry::Empty) => {
+                    queue_description(client, &DescribePortalResponse::no_data()).await
+                }
+                None => Err(PgWireError::PortalNotFound(name.to_owned())),
+            },
+            other => Err(PgWireError::InvalidTargetType(other)),
+        }
     }
 
     /// Runs a portal to completion (`max_rows` 0, what drivers send) and queues the whole
