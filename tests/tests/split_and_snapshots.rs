@@ -285,7 +285,9 @@ async fn write_gap(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_leader_waits_out_a_crashed_leaders_lease() {
     common::init_tracing();
-    let lease = Duration::from_secs(6);
+    // Long enough that half of it clearly separates a crash (wait out the rest of the lease)
+    // from a graceful stop (an election, about 1-2 s, more on a loaded machine).
+    let lease = Duration::from_secs(10);
     let mut cluster = Cluster::start_with_lease(lease).await;
     let store = cluster.store();
     let table = cluster.create_table(&store).await;
