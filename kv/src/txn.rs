@@ -293,7 +293,7 @@ fn to_pb(key: Vec<u8>, value: Option<Vec<u8>>, insert: bool) -> pb::Mutation {
             key,
             value: Vec::new(),
             delete: true,
-            must_be_absent: false,
+            must_be_absent: insert,
         },
     }
 }
@@ -400,9 +400,10 @@ impl ReadWriteTxn {
         }
     }
 
-    /// Buffers a deletion of `key` until commit.
+    /// Buffers a deletion of `key` until commit. A key this transaction inserted stays
+    /// checked: it must still be absent at commit, or the deletion would remove a row the
+    /// transaction never saw.
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.inserts.remove(&key);
         self.writes.insert(key, None);
     }
 

@@ -242,7 +242,7 @@ async fn wait_safe(
 fn mutations(ms: Vec<pb::Mutation>) -> (Vec<tablet::Mutation>, Vec<Vec<u8>>) {
     let absent = ms
         .iter()
-        .filter(|m| m.must_be_absent && !m.delete)
+        .filter(|m| m.must_be_absent)
         .map(|m| m.key.clone())
         .collect();
     let mutations = ms

@@ -16,8 +16,14 @@
 //!   returns, no statement anywhere runs on the schema before it, at the price of one lease of
 //!   DDL latency. (Online schema changes, with intermediate states, build on these leases.)
 //!
-//! What it does not do: statements already running when a DDL commits finish on the schema
-//! they started with, as in CockroachDB; and the catalog is loaded whole, which is fine for
+//! A DDL that changes nothing (`IF EXISTS`, `IF NOT EXISTS`) waits out the lease from the
+//! moment it read the catalog, since it may have seen a change whose own DDL has not returned.
+//!
+//! What it does not do yet: a statement that started on the old schema, or an explicit
+//! transaction whose earlier statements did, can still commit after the DDL returned (a write
+//! into a table just dropped is then unreachable). Closing that needs a commit deadline of
+//! `read_ts + SCHEMA_LEASE` enforced by the leaders, as CockroachDB's descriptor leases do; it
+//! comes with online schema changes. The catalog is also loaded whole, which is fine for
 //! thousands of tables, not millions.
 
 use std::collections::HashMap;

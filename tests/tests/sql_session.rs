@@ -394,6 +394,20 @@ async fn inserts_check_their_keys_at_commit_without_reading_them() {
         .unwrap();
     assert_eq!(error_code(&mut s, "COMMIT").await, "23505");
     assert_eq!(s.transaction_status(), TransactionStatus::Idle);
+    // Inserting an existing key and then deleting (or moving) it must not remove the row the
+    // transaction never read: the delete keeps the insert's check.
+    s.execute("BEGIN; INSERT INTO t VALUES (1, 'x'); DELETE FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(error_code(&mut s, "COMMIT").await, "23505");
+    s.execute("BEGIN; INSERT INTO t VALUES (1, 'x'); UPDATE t SET id = 7 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(error_code(&mut s, "COMMIT").await, "23505");
+    // A key that was free may be inserted and deleted in one transaction.
+    s.execute("BEGIN; INSERT INTO t VALUES (8, 'y'); DELETE FROM t WHERE id = 8; COMMIT")
+        .await
+        .unwrap();
     assert_eq!(
         query(&mut s, "SELECT id, v FROM t ORDER BY id").await,
         vec![

@@ -48,6 +48,8 @@ struct Queue {
 struct Timer {
     queue: Mutex<Queue>,
     changed: Condvar,
+    /// False if the timer thread could not be started: sleeps then use tokio's timer.
+    running: std::sync::atomic::AtomicBool,
 }
 
 fn timer() -> &'static Timer {
@@ -56,13 +58,17 @@ fn timer() -> &'static Timer {
         let timer: &'static Timer = Box::leak(Box::new(Timer {
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
+            running: std::sync::atomic::AtomicBool::new(true),
         }));
         let spawned = std::thread::Builder::new()
             .name("truetime-timer".into())
             .spawn(move || run(timer));
         if let Err(e) = spawned {
             // Without the thread, sleep_precise falls back to tokio's timer (see there).
-            eprintln!("truetime: cannot start the timer thread: {e}");
+            timer
+                .running
+                .store(false, std::sync::atomic::Ordering::Release);
+            tracing::error!(error = %e, "truetime: cannot start the timer thread");
         }
         timer
     })
@@ -100,8 +106,13 @@ fn run(timer: &Timer) {
 /// Sleeps for `d`, waking within tens of microseconds of the deadline.
 pub async fn sleep_precise(d: Duration) {
     let deadline = Instant::now() + d;
-    let (wake, woken) = oneshot::channel();
     let timer = timer();
+    if !timer.running.load(std::sync::atomic::Ordering::Acquire) {
+        // Late rather than early: tokio's millisecond wheel rounds up.
+        tokio::time::sleep_until(deadline.into()).await;
+        return;
+    }
+    let (wake, woken) = oneshot::channel();
     {
         let mut queue = timer.queue.lock().unwrap_or_else(|e| e.into_inner());
         let seq = queue.next_seq;
@@ -114,8 +125,8 @@ pub async fn sleep_precise(d: Duration) {
     }
     timer.changed.notify_one();
     if woken.await.is_err() {
-        // The timer thread is gone (it could not start): tokio's coarser timer still ends the
-        // wait, late rather than early.
+        // The entry was dropped unanswered (the timer thread died): tokio's coarser timer
+        // still ends the wait, late rather than early.
         tokio::time::sleep_until(deadline.into()).await;
     }
 }

@@ -166,7 +166,9 @@ where
             .await?;
     }
     if described.is_no_data() {
-        client.feed(PgWireBackendMessage::NoData(NoData::new())).await?;
+        client
+            .feed(PgWireBackendMessage::NoData(NoData::new()))
+            .await?;
     } else {
         let fields = described.fields().iter().map(Into::into).collect();
         client
@@ -400,6 +402,9 @@ impl ExtendedQueryHandler for Connection {
         // An error leaves the state as pgwire's default does: the connection loop reports it
         // and discards messages until Sync.
         let response = ExtendedQueryHandler::do_query(self, client, &portal, 0).await?;
+        // Run to completion: a second Execute of this portal returns no more rows, as in
+        // PostgreSQL.
+        *portal.state().lock().await = PortalExecutionState::Finished;
         client.set_state(PgWireConnectionState::ReadyForQuery);
         queue_response(client, response, false).await?;
         let status = self.wire_status().await;

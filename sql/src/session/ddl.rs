@@ -138,8 +138,11 @@ impl Session {
                 Ok(ts) => {
                     if let Some(ts) = ts {
                         self.last_commit_ts = Some(ts);
-                        self.schema.wait_out_leases(ts).await;
                     }
+                    // Even a DDL that changed nothing waits: it may have seen a change whose
+                    // own DDL has not returned yet, and its client may rely on it everywhere.
+                    let seen = ts.unwrap_or_else(|| self.store.clock().now().latest.0);
+                    self.schema.wait_out_leases(seen).await;
                     return Ok(StatementResult::command(CommandTag::CreateTable));
                 }
             }
@@ -183,8 +186,11 @@ impl Session {
                 Ok(ts) => {
                     if let Some(ts) = ts {
                         self.last_commit_ts = Some(ts);
-                        self.schema.wait_out_leases(ts).await;
                     }
+                    // Even a DDL that changed nothing waits: it may have seen a change whose
+                    // own DDL has not returned yet, and its client may rely on it everywhere.
+                    let seen = ts.unwrap_or_else(|| self.store.clock().now().latest.0);
+                    self.schema.wait_out_leases(seen).await;
                     return Ok(StatementResult::command(CommandTag::DropTable));
                 }
             }
