@@ -111,6 +111,14 @@ impl DriverLoop {
             if let Err(e) = ready {
                 let effects = r.locks.release(txn);
                 let decide = matches!(call.op, TxnOp::Decide { .. });
+                // A refused decision is an abort (no commit was proposed, and the abort is
+                // logged below): the client hears a definite abort, not an unknown outcome,
+                // and rolls the participants back at once.
+                let e = match e {
+                    e @ CommitError::KeyExists(_) => e,
+                    e if decide => CommitError::Conflict(format!("the coordinator aborted: {e}")),
+                    e => e,
+                };
                 let _ = call.reply.send(Err(e));
                 self.answer_lock_effects(group, effects);
                 if decide {
