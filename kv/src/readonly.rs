@@ -68,10 +68,7 @@ impl ReadOnlyTxn {
         let rows = self
             .scan(key, &crate::txn::key_successor(key), Some(1))
             .await?;
-        Ok(rows
-            .into_iter()
-            .find(|(k, _)| k.as_slice() == key)
-            .map(|(_, v)| v))
+        Ok(crate::txn::value_at(rows, key))
     }
 
     /// Rows of the snapshot in `[start, end)` (empty end = unbounded), at most `limit`.

@@ -79,22 +79,30 @@ enum TabletConn {
     Local(Arc<dyn TabletService>),
 }
 
+/// Calls `method` on `conn` with `request`: over gRPC with `timeout` as the RPC's deadline, or
+/// in-process with the same deadline.
+macro_rules! call_tablet {
+    ($conn:expr, $method:ident, $request:expr, $timeout:expr) => {
+        match $conn {
+            TabletConn::Remote(mut client) => {
+                let mut rpc = tonic::Request::new($request);
+                rpc.set_timeout($timeout);
+                client.$method(rpc).await.map(tonic::Response::into_inner)
+            }
+            TabletConn::Local(service) => {
+                local_call($timeout, service.$method(tonic::Request::new($request))).await
+            }
+        }
+    };
+}
+
 impl TabletConn {
     async fn scan(
         self,
         request: pb::ScanRequest,
         timeout: Duration,
     ) -> Result<pb::ScanResponse, tonic::Status> {
-        match self {
-            TabletConn::Remote(mut client) => {
-                let mut rpc = tonic::Request::new(request);
-                rpc.set_timeout(timeout);
-                client.scan(rpc).await.map(tonic::Response::into_inner)
-            }
-            TabletConn::Local(service) => {
-                local_call(timeout, service.scan(tonic::Request::new(request))).await
-            }
-        }
+        call_tablet!(self, scan, request, timeout)
     }
 
     async fn txn(
@@ -102,16 +110,7 @@ impl TabletConn {
         request: pb::TxnRequest,
         timeout: Duration,
     ) -> Result<pb::TxnResponse, tonic::Status> {
-        match self {
-            TabletConn::Remote(mut client) => {
-                let mut rpc = tonic::Request::new(request);
-                rpc.set_timeout(timeout);
-                client.txn(rpc).await.map(tonic::Response::into_inner)
-            }
-            TabletConn::Local(service) => {
-                local_call(timeout, service.txn(tonic::Request::new(request))).await
-            }
-        }
+        call_tablet!(self, txn, request, timeout)
     }
 }
 

@@ -270,6 +270,14 @@ impl ReadWriteTxn {
     }
 }
 
+/// The value of exactly `key` among the rows a point read (a scan of `[key, successor)`)
+/// returned.
+pub(crate) fn value_at(rows: Vec<(Vec<u8>, Vec<u8>)>, key: &[u8]) -> Option<Vec<u8>> {
+    rows.into_iter()
+        .find(|(k, _)| k.as_slice() == key)
+        .map(|(_, v)| v)
+}
+
 /// The smallest key after `key`.
 pub(crate) fn key_successor(key: &[u8]) -> Vec<u8> {
     let mut k = key.to_vec();
@@ -311,10 +319,7 @@ impl ReadWriteTxn {
             return Ok(v.clone());
         }
         let rows = self.scan(key, &key_successor(key), Some(1)).await?;
-        Ok(rows
-            .into_iter()
-            .find(|(k, _)| k.as_slice() == key)
-            .map(|(_, v)| v))
+        Ok(value_at(rows, key))
     }
 
     /// Rows in `[start, end)` (empty end = unbounded), merged with this transaction's own

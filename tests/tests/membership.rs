@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use common::table_prefix;
 use common::{get, key, put, Cluster, NodeConfig};
 use meridian_proto as pb;
-use meridian_proto::placement_driver_client::PlacementDriverClient;
 use meridian_proto::tablet_client::TabletClient;
 use meridian_spanserver::raft::GroupId;
 use meridian_spanserver::storage::engine::{Cf, Engine};
@@ -19,14 +18,7 @@ use meridian_truetime::Timestamp;
 async fn tablet_of(pd: &str, table: u32) -> (pb::TabletDescriptor, Vec<pb::ServerInfo>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut client = PlacementDriverClient::connect(format!("http://{pd}"))
-            .await
-            .expect("pd");
-        let dir = client
-            .get_directory(pb::GetDirectoryRequest {})
-            .await
-            .expect("directory")
-            .into_inner();
+        let dir = common::directory(pd).await.expect("directory");
         let t = dir
             .tablets
             .iter()

@@ -8,18 +8,10 @@ use common::table_prefix;
 use common::{get, key, put, Cluster};
 use meridian_kv::{Error as StoreError, ReadBound};
 use meridian_proto as pb;
-use meridian_proto::placement_driver_client::PlacementDriverClient;
 use meridian_proto::tablet_client::TabletClient;
 
 async fn directory(pd: &str) -> pb::GetDirectoryResponse {
-    let mut client = PlacementDriverClient::connect(format!("http://{pd}"))
-        .await
-        .expect("pd");
-    client
-        .get_directory(pb::GetDirectoryRequest {})
-        .await
-        .expect("directory")
-        .into_inner()
+    common::directory(pd).await.expect("directory")
 }
 
 /// The tablets of `table`, in key order.

@@ -168,15 +168,7 @@ pub fn key(table: u32, k: u32) -> Vec<u8> {
 }
 /// The server leading `table`'s tablet, as the placement driver last heard in heartbeats.
 pub async fn leader_of(pd_addr: &str, table: u32) -> Option<u64> {
-    use meridian_proto::placement_driver_client::PlacementDriverClient;
-    let mut client = PlacementDriverClient::connect(format!("http://{pd_addr}"))
-        .await
-        .ok()?;
-    let dir = client
-        .get_directory(meridian_proto::GetDirectoryRequest {})
-        .await
-        .ok()?
-        .into_inner();
+    let dir = directory(pd_addr).await.ok()?;
     dir.tablets
         .into_iter()
         .find(|t| t.start == table_prefix(table))
@@ -227,15 +219,9 @@ pub async fn user_tablets(pd_addr: &str) -> usize {
 
 /// The start keys of the tablets holding user tables, in key order.
 pub async fn user_tablet_starts(pd_addr: &str) -> Vec<Vec<u8>> {
-    use meridian_proto::placement_driver_client::PlacementDriverClient;
-    let mut client = PlacementDriverClient::connect(format!("http://{pd_addr}"))
+    let dir = directory(pd_addr)
         .await
-        .expect("placement driver reachable");
-    let dir = client
-        .get_directory(meridian_proto::GetDirectoryRequest {})
-        .await
-        .expect("directory")
-        .into_inner();
+        .expect("the placement driver answers GetDirectory");
     let mut starts: Vec<Vec<u8>> = dir
         .tablets
         .into_iter()
@@ -261,4 +247,16 @@ pub async fn query(
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     results.last().map(|r| r.rows.clone()).unwrap_or_default()
+}
+
+/// The placement driver's directory (tablets and servers).
+pub async fn directory(
+    pd_addr: &str,
+) -> Result<meridian_proto::GetDirectoryResponse, Box<dyn std::error::Error>> {
+    use meridian_proto::placement_driver_client::PlacementDriverClient;
+    let mut client = PlacementDriverClient::connect(format!("http://{pd_addr}")).await?;
+    Ok(client
+        .get_directory(meridian_proto::GetDirectoryRequest {})
+        .await?
+        .into_inner())
 }
