@@ -87,8 +87,17 @@ async fn cluster_follows_the_command_line_contract_and_cleans_up() {
         "fake meridian pd --data-dir {} --listen {pd}",
         dir.join("pd").display()
     );
-    let pd_log = log(cluster.pd_log_path());
-    assert!(pd_log.contains(&expected_pd), "{pd_log}");
+    // Logs are written by the children; poll briefly for their first lines.
+    crate::retry_until(Duration::from_secs(5), || async {
+        let text = log(cluster.pd_log_path());
+        if text.contains(&expected_pd) {
+            Ok(())
+        } else {
+            Err(format!("pd log so far: {text}"))
+        }
+    })
+    .await
+    .expect("pd logs its command line");
     for index in 0..3 {
         assert!(cluster.is_running(index));
         let expected = format!(
@@ -99,7 +108,6 @@ async fn cluster_follows_the_command_line_contract_and_cleans_up() {
             cluster.server_addr(index),
             cluster.pg_addr(index),
         );
-        // The log is written by the child; poll briefly for its first line.
         crate::retry_until(Duration::from_secs(5), || async {
             let text = log(cluster.log_path(index));
             if text.contains(&expected) {
