@@ -56,6 +56,12 @@ pub struct ReadyOutput {
     /// A snapshot from the leader, already installed in the log state (and its Raft part in
     /// the batch): the caller replaces the state machine with its data in the same batch.
     pub snapshot: Option<Snapshot>,
+    /// Phase 1's batch holds something Raft's safety rests on (new entries, a term or vote, a
+    /// snapshot) and must be synced before its persisted messages go out. A batch that only
+    /// moves the commit index need not be: a lower commit index is learned again from the
+    /// leader, and RocksDB's write-ahead log keeps unsynced writes in order, so an applied
+    /// index written later is never recovered without it.
+    pub needs_sync: bool,
 }
 
 /// Election timing of a group, in ticks.
@@ -301,7 +307,10 @@ impl RaftGroup {
             debug_assert!(first.index <= last.index);
             self.storage.append(entries).map_err(|e| self.corrupt(e))?;
         }
+        out.needs_sync = out.snapshot.is_some() || !entries.is_empty();
         if let Some(hs) = ready.hs() {
+            let before = self.storage.hard_state();
+            out.needs_sync |= hs.term != before.term || hs.vote != before.vote;
             batch.put(
                 Cf::Raft,
                 keys::hard_state(self.id),

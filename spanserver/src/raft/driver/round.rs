@@ -1,5 +1,6 @@
-//! One round of Raft work for every group: persist readies with one fsync, send, apply
-//! committed entries in one batch, then answer proposers and lock waiters.
+//! One round of Raft work for every group: persist readies with one fsync (none when only
+//! commit indexes moved), send, apply committed entries in one batch, then answer proposers
+//! and lock waiters.
 
 use super::*;
 
@@ -49,6 +50,7 @@ impl DriverLoop {
         committed: &mut Vec<(GroupId, Vec<Entry>)>,
     ) -> Result<Vec<GroupId>, String> {
         let mut persist = WriteBatch::new();
+        let mut sync = false;
         let mut started = Vec::new();
         let mut installed = Vec::new();
         for (id, r) in self.replicas.iter_mut() {
@@ -71,6 +73,7 @@ impl DriverLoop {
                 .map_err(|e| format!("installing a snapshot of {id}: {e}"))?;
                 installed.push((*id, index, data));
             }
+            sync |= out.needs_sync;
             self.config.transport.send_all(*id, out.messages);
             if !out.committed.is_empty() {
                 committed.push((*id, out.committed));
@@ -80,7 +83,7 @@ impl DriverLoop {
         if !persist.is_empty() {
             self.config
                 .engine
-                .write(persist, true)
+                .write(persist, sync)
                 .map_err(|e| e.to_string())?;
         }
         for (id, index, data) in installed {
