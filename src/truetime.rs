@@ -98,9 +98,10 @@ pub async fn run(command: TruetimeCommand) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         TruetimeCommand::Now { agent, json } => {
-            let mut client = TimeAgentClient::connect(format!("http://{agent}"))
-                .await
-                .map_err(|e| format!("cannot reach the agent at {agent}: {e}"))?;
+            let mut client =
+                meridian_proto::limited!(TimeAgentClient::connect(format!("http://{agent}"))
+                    .await
+                    .map_err(|e| format!("cannot reach the agent at {agent}: {e}"))?);
             let r = client
                 .now(meridian_proto::AgentNowRequest {})
                 .await

@@ -170,10 +170,7 @@ impl Txn {
     /// Buffers a write; a read-only transaction refuses it.
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
         match self {
-            Txn::ReadWrite(t) => {
-                t.put(key, value);
-                Ok(())
-            }
+            Txn::ReadWrite(t) => t.put(key, value),
             Txn::ReadOnly(_) => Err(read_only_write()),
         }
     }
@@ -189,10 +186,7 @@ impl Txn {
     /// Buffers a deletion; a read-only transaction refuses it.
     pub fn delete(&mut self, key: Vec<u8>) -> Result<()> {
         match self {
-            Txn::ReadWrite(t) => {
-                t.delete(key);
-                Ok(())
-            }
+            Txn::ReadWrite(t) => t.delete(key),
             Txn::ReadOnly(_) => Err(read_only_write()),
         }
     }

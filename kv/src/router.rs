@@ -220,7 +220,7 @@ impl Router {
         let mut last = String::from("no placement driver address");
         for addr in &self.pd_addrs {
             match self.channel(addr) {
-                Ok(c) => return Ok(PlacementDriverClient::new(c)),
+                Ok(c) => return Ok(meridian_proto::limited!(PlacementDriverClient::new(c))),
                 Err(e) => last = e.to_string(),
             }
         }
@@ -236,7 +236,8 @@ impl Router {
     pub async fn refresh_directory(&self) -> Result<(), Error> {
         let mut last_error = String::new();
         for addr in &self.pd_addrs {
-            let mut client = PlacementDriverClient::new(self.channel(addr)?);
+            let mut client =
+                meridian_proto::limited!(PlacementDriverClient::new(self.channel(addr)?));
             match client.get_directory(pb::GetDirectoryRequest {}).await {
                 Ok(resp) => {
                     let resp = resp.into_inner();
@@ -373,7 +374,9 @@ impl Router {
                     .ok_or_else(|| Error::Unavailable(format!("unknown server {server}")))?
             }
         };
-        Ok(TabletClient::new(self.channel(&addr)?))
+        Ok(meridian_proto::limited!(TabletClient::new(
+            self.channel(&addr)?
+        )))
     }
 
     /// Scans `[start, end)` within one tablet at its leader. Retries until a leader answers.
@@ -438,7 +441,9 @@ impl Router {
                     Some(Kind::KeyExists(_)) => {
                         return Err(Error::Internal("a scan answered key_exists".into()))
                     }
+                    Some(Kind::LimitExceeded(m)) => return Err(Error::LimitExceeded(m)),
                 },
+                Err(status) if refused_unrun(&status) => return Err(status_error(&status)),
                 Err(status) => {
                     tracing::debug!(group = route.group.0, server = server.0, %status, "scan failed");
                     self.rotate(&route, server);
@@ -489,6 +494,7 @@ impl Router {
 
     /// Asks the placement driver to split the tablets holding `keys` so each starts one.
     pub async fn split_at(&self, keys: Vec<Vec<u8>>) -> Result<(), Error> {
+        meridian_common::limits::check_split(keys.len()).map_err(Error::LimitExceeded)?;
         let mut client = self.pd_client().await?;
         client
             .split_range(pb::SplitRangeRequest { keys })
@@ -496,6 +502,9 @@ impl Router {
             .map_err(|s| match s.code() {
                 tonic::Code::InvalidArgument | tonic::Code::NotFound => {
                     Error::InvalidArgument(format!("split: {}", s.message()))
+                }
+                tonic::Code::ResourceExhausted => {
+                    Error::LimitExceeded(format!("split: {}", s.message()))
                 }
                 _ => Error::Unavailable(format!("split: {}", s.message())),
             })?;
@@ -609,7 +618,9 @@ impl Router {
                     Some(Kind::Internal(m)) => return Err(Error::Internal(m)),
                     Some(Kind::InvalidTimestamp(m)) => return Err(Error::InvalidTimestamp(m)),
                     Some(Kind::KeyExists(key)) => return Err(Error::KeyExists { key }),
+                    Some(Kind::LimitExceeded(m)) => return Err(Error::LimitExceeded(m)),
                 },
+                Err(status) if refused_unrun(&status) => return Err(status_error(&status)),
                 Err(status) if never_sent(&status) => {
                     tracing::debug!(group = route.group.0, server = server.0, %status, "step not sent");
                     self.rotate(route, server);
@@ -670,6 +681,36 @@ async fn heartbeat_loop(router: std::sync::Weak<Router>) {
 /// with a "tcp connect error" (refused, unreachable) or a connect timeout. A connection that
 /// broke after the request went out ("connection reset", "error reading a body from
 /// connection") does not, since the server may have acted on it.
+/// Whether `status` says the request was refused before it ran: malformed, over a message
+/// size limit (tonic refuses an oversized request before sending it, and the server one before
+/// decoding it), not implemented, or not allowed. Such a step certainly did nothing, so its
+/// failure is definite, never "ambiguous". (A response too large to decode would also be
+/// OUT_OF_RANGE after the step ran, but no transaction step answers with more than a few
+/// bytes.)
+fn refused_unrun(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::ResourceExhausted
+            | Code::Unimplemented
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    )
+}
+
+/// The error a request [`refused_unrun`] reports.
+fn status_error(status: &tonic::Status) -> Error {
+    use tonic::Code;
+    let message = status.message().to_string();
+    match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted => Error::LimitExceeded(message),
+        Code::InvalidArgument => Error::InvalidArgument(message),
+        _ => Error::Internal(format!("{:?}: {message}", status.code())),
+    }
+}
+
 fn never_sent(status: &tonic::Status) -> bool {
     if status.code() != tonic::Code::Unavailable {
         return false;

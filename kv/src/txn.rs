@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use meridian_common::GroupId;
+use meridian_common::{limits, GroupId};
 use meridian_proto as pb;
 
 use crate::error::Error;
@@ -52,6 +52,8 @@ pub struct ReadWriteTxn {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Buffered writes that are inserts: their keys must have no live version at commit.
     inserts: BTreeSet<Vec<u8>>,
+    /// Bytes of keys and values in `writes`.
+    write_bytes: usize,
     /// Groups where it holds locks.
     groups: BTreeMap<GroupId, GroupState>,
     finished: bool,
@@ -75,6 +77,7 @@ impl ReadWriteTxn {
             },
             writes: BTreeMap::new(),
             inserts: BTreeSet::new(),
+            write_bytes: 0,
             groups: BTreeMap::new(),
             finished: false,
         }
@@ -380,9 +383,10 @@ impl ReadWriteTxn {
         Ok(out)
     }
 
-    /// Buffers a write of `value` at `key` until commit.
-    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+    /// Buffers a write of `value` at `key` until commit. Fails with
+    /// [`Error::LimitExceeded`], buffering nothing, past the [`limits`].
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), Error> {
+        self.buffer(key, Some(value))
     }
 
     /// Buffers an insert: a write of `value` at `key` that commits only if `key` has no live
@@ -393,13 +397,10 @@ impl ReadWriteTxn {
     pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), Error> {
         match self.writes.get(&key) {
             Some(Some(_)) => Err(Error::KeyExists { key }),
-            Some(None) => {
-                self.writes.insert(key, Some(value));
-                Ok(())
-            }
+            Some(None) => self.buffer(key, Some(value)),
             None => {
-                self.inserts.insert(key.clone());
-                self.writes.insert(key, Some(value));
+                self.buffer(key.clone(), Some(value))?;
+                self.inserts.insert(key);
                 Ok(())
             }
         }
@@ -408,8 +409,23 @@ impl ReadWriteTxn {
     /// Buffers a deletion of `key` until commit. A key this transaction inserted stays
     /// checked: it must still be absent at commit, or the deletion would remove a row the
     /// transaction never saw.
-    pub fn delete(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+    pub fn delete(&mut self, key: Vec<u8>) -> Result<(), Error> {
+        self.buffer(key, None)
+    }
+
+    /// Adds one write to the buffer if the key, the value and the whole commit stay within
+    /// the [`limits`].
+    fn buffer(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), Error> {
+        limits::check_write(&key, value.as_deref()).map_err(Error::LimitExceeded)?;
+        let size =
+            |key: &[u8], value: &Option<Vec<u8>>| key.len() + value.as_ref().map_or(0, Vec::len);
+        let replaced = self.writes.get(&key).map(|old| size(&key, old));
+        let writes = self.writes.len() + usize::from(replaced.is_none());
+        let bytes = self.write_bytes - replaced.unwrap_or(0) + size(&key, &value);
+        limits::check_commit(writes, bytes).map_err(Error::LimitExceeded)?;
+        self.write_bytes = bytes;
+        self.writes.insert(key, value);
+        Ok(())
     }
 
     /// Commits; the commit timestamp (ns since the Unix epoch) if anything was written.
@@ -446,6 +462,7 @@ impl ReadWriteTxn {
     async fn finish_commit(&mut self) -> Result<Option<u64>, Error> {
         let mut by_group: BTreeMap<GroupId, (Route, Vec<pb::Mutation>)> = BTreeMap::new();
         let inserts = std::mem::take(&mut self.inserts);
+        self.write_bytes = 0;
         for (key, value) in std::mem::take(&mut self.writes) {
             let route = self.router.route(&key).await?;
             let insert = inserts.contains(&key);

@@ -201,7 +201,7 @@ impl Pd {
             };
             tasks.push(tokio::spawn(async move {
                 let call = async {
-                    let mut client = TabletClient::connect(format!("http://{addr}")).await.map_err(|e| e.to_string())?;
+                    let mut client = meridian_proto::limited!(TabletClient::connect(format!("http://{addr}")).await.map_err(|e| e.to_string())?);
                     client.create_replica(desc).await.map_err(|e| e.to_string())?;
                     Ok::<(), String>(())
                 };
@@ -270,7 +270,10 @@ impl Pd {
                 continue;
             };
             let call = async {
-                let mut client = TabletClient::connect(format!("http://{addr}")).await.ok()?;
+                let mut client =
+                    meridian_proto::limited!(TabletClient::connect(format!("http://{addr}"))
+                        .await
+                        .ok()?);
                 client
                     .split(pb::SplitRequest {
                         group_id: tablet.group,
@@ -381,6 +384,7 @@ impl pb::placement_driver_server::PlacementDriver for Pd {
         request: Request<pb::SplitRangeRequest>,
     ) -> Result<Response<pb::SplitRangeResponse>, Status> {
         let mut keys = request.into_inner().keys;
+        meridian_common::limits::check_split(keys.len()).map_err(Status::resource_exhausted)?;
         keys.sort();
         keys.dedup();
         for key in keys {
@@ -552,7 +556,9 @@ pub async fn run(
         let _ = b.send(addr);
     }
     tonic::transport::Server::builder()
-        .add_service(pb::placement_driver_server::PlacementDriverServer::new(pd))
+        .add_service(meridian_proto::limited!(
+            pb::placement_driver_server::PlacementDriverServer::new(pd)
+        ))
         .serve_with_incoming_shutdown(meridian_proto::incoming_nodelay(listener), async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })

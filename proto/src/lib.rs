@@ -22,3 +22,21 @@ pub fn incoming_nodelay(
         Ok(conn)
     })
 }
+
+/// The largest gRPC message any Meridian process sends or accepts (64 MiB), on every client
+/// and server alike: above the largest commit the KV client builds
+/// (`meridian_common::limits::MAX_COMMIT_BYTES`) plus a Raft batch's other messages, so a
+/// request within the limits is never refused by the transport. A message past it fails with
+/// `OUT_OF_RANGE` before anything is sent or applied.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A generated gRPC client or server with [`MAX_MESSAGE_BYTES`] both ways:
+/// `meridian_proto::limited!(TabletClient::new(channel))`.
+#[macro_export]
+macro_rules! limited {
+    ($service:expr) => {
+        $service
+            .max_decoding_message_size($crate::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size($crate::MAX_MESSAGE_BYTES)
+    };
+}

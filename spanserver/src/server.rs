@@ -181,9 +181,11 @@ pub async fn run(
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(pb::tablet_server::TabletServer::new(tablet_service.clone()))
-            .add_service(pb::raft_transport_server::RaftTransportServer::new(
-                raft_service,
+            .add_service(meridian_proto::limited!(
+                pb::tablet_server::TabletServer::new(tablet_service.clone())
+            ))
+            .add_service(meridian_proto::limited!(
+                pb::raft_transport_server::RaftTransportServer::new(raft_service)
             ))
             .serve_with_incoming_shutdown(
                 meridian_proto::incoming_nodelay(grpc_listener),
@@ -311,7 +313,7 @@ async fn heartbeat_loop(
         }
         let addr = &pd[pd_index % pd.len()];
         let mut client = match PlacementDriverClient::connect(format!("http://{addr}")).await {
-            Ok(c) => c,
+            Ok(c) => meridian_proto::limited!(c),
             Err(e) => {
                 tracing::debug!(pd = %addr, error = %e, "placement driver unreachable");
                 pd_index += 1;

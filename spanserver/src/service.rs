@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_common::limits;
 use meridian_proto as pb;
 use meridian_proto::tablet_error::Kind;
 use meridian_truetime::{Timestamp, TrueTime};
@@ -237,6 +238,26 @@ async fn wait_safe(
     }
 }
 
+/// Refuses a commit, prepare or decision whose writes are past the [`limits`], from any
+/// client, before anything is locked or proposed: a Raft entry a leader proposes must fit in
+/// one transport message, or replication would retry it forever.
+fn check_limits(op: &pb::txn_request::Op) -> Result<(), String> {
+    use pb::txn_request::Op;
+    let ms = match op {
+        Op::Commit(c) => &c.mutations,
+        Op::Prepare(p) => &p.mutations,
+        Op::Decide(d) => &d.mutations,
+        _ => return Ok(()),
+    };
+    let mut bytes = 0usize;
+    for m in ms {
+        let value = (!m.delete).then_some(m.value.as_slice());
+        limits::check_write(&m.key, value)?;
+        bytes = bytes.saturating_add(m.key.len() + m.value.len());
+    }
+    limits::check_commit(ms.len(), bytes)
+}
+
 /// Converts a request's mutations; also returns the keys of its inserts (which must be
 /// absent).
 fn mutations(ms: Vec<pb::Mutation>) -> (Vec<tablet::Mutation>, Vec<Vec<u8>>) {
@@ -455,6 +476,14 @@ impl pb::tablet_server::Tablet for TabletService {
             id: txn.id,
             priority: txn.priority,
         };
+        if let Err(message) = check_limits(&op) {
+            return Ok(Response::new(pb::TxnResponse {
+                error: Some(pb::TabletError {
+                    kind: Some(Kind::LimitExceeded(message)),
+                }),
+                ..Default::default()
+            }));
+        }
         let op = txn_op(op);
         let commits = match &op {
             TxnOp::Commit { .. } => Some(None),

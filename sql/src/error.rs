@@ -146,6 +146,9 @@ pub enum SqlError {
     /// A resource the statement needs ran out (54000).
     #[error("limit exceeded: {0}")]
     ProgramLimitExceeded(String),
+    /// A statement nested deeper than the server will parse, bind or evaluate (54001).
+    #[error("statement too complex: {0}")]
+    StatementTooComplex(String),
     /// A bug or corrupt data (XX000).
     #[error("internal error: {0}")]
     Internal(String),
@@ -158,6 +161,7 @@ impl SqlError {
             SqlError::Retryable(_) => "40001",
             SqlError::StatementCompletionUnknown(_) => "40003",
             SqlError::ProgramLimitExceeded(_) => "54000",
+            SqlError::StatementTooComplex(_) => "54001",
             SqlError::Unavailable(_) => "58000",
             SqlError::Syntax(_) => "42601",
             SqlError::UndefinedTable(_) => "42P01",

@@ -221,6 +221,10 @@ impl ScalarExpr {
     /// Calls `f` on this expression and every sub-expression (pre-order). Does not descend
     /// into aggregate arguments.
     pub fn visit(&self, f: &mut impl FnMut(&ScalarExpr)) {
+        crate::limits::deeper(|| self.visit_here(f))
+    }
+
+    fn visit_here(&self, f: &mut impl FnMut(&ScalarExpr)) {
         f(self);
         match self {
             ScalarExpr::Literal(..)
@@ -296,6 +300,10 @@ impl ScalarExpr {
 
     /// Evaluates the expression against `row` with parameter values `params`.
     pub fn eval(&self, row: &[Datum], params: &[Datum]) -> Result<Datum> {
+        crate::limits::deeper(|| self.eval_here(row, params))
+    }
+
+    fn eval_here(&self, row: &[Datum], params: &[Datum]) -> Result<Datum> {
         match self {
             ScalarExpr::Literal(v, _) => Ok(v.clone()),
             ScalarExpr::Column { index, .. } => row

@@ -41,6 +41,7 @@ pub mod encoding;
 pub mod error;
 pub mod executor;
 pub mod expr;
+pub mod limits;
 pub mod optimizer;
 pub mod parser;
 pub mod plan;

@@ -14,7 +14,8 @@
 //!    [`Statement::Sql`] with `as_of` set. The value is a string literal or a bare number.
 //!
 //! Which statements may carry `AS OF SYSTEM TIME` is the session's business, not the parser's.
-//! Parse errors keep sqlparser's messages and source locations (42601).
+//! Parse errors keep sqlparser's messages and source locations (42601). Text over the
+//! [`limits`] is refused before it is parsed (54000 for its length, 54001 for its nesting).
 
 use sqlparser::ast;
 use sqlparser::dialect::PostgreSqlDialect;
@@ -22,6 +23,7 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Result, SqlError};
+use crate::limits;
 use crate::prepared::PlanCache;
 use crate::timestamp::{parse_as_of, AsOf};
 
@@ -81,6 +83,7 @@ impl std::fmt::Display for Statement {
 /// Parses SQL text (PostgreSQL dialect plus the extensions above) into statements; syntax
 /// errors are 42601, malformed `AS OF SYSTEM TIME` values 22023.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    limits::check_text(sql)?;
     let dialect = PostgreSqlDialect {};
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
@@ -99,19 +102,30 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
 }
 
 fn syntax(e: ParserError) -> SqlError {
-    SqlError::Syntax(e.to_string())
+    match e {
+        ParserError::RecursionLimitExceeded => SqlError::StatementTooComplex(format!(
+            "expressions nest deeper than the parser's limit of {}",
+            limits::PARSER_RECURSION_LIMIT
+        )),
+        e => SqlError::Syntax(e.to_string()),
+    }
+}
+
+/// sqlparser with Meridian's recursion limit, over `tokens`.
+fn parser(dialect: &PostgreSqlDialect, tokens: Vec<TokenWithSpan>) -> Parser<'_> {
+    Parser::new(dialect)
+        .with_recursion_limit(limits::PARSER_RECURSION_LIMIT)
+        .with_tokens_with_locations(tokens)
 }
 
 /// Parses the tokens of one statement (no `;`).
 fn parse_one(dialect: &PostgreSqlDialect, tokens: Vec<TokenWithSpan>) -> Result<Statement> {
+    limits::check_nesting(&tokens)?;
     if let Some(split) = parse_split_at(dialect, &tokens)? {
         return Ok(split);
     }
     let (tokens, as_of) = cut_as_of_system_time(tokens)?;
-    let mut parsed = Parser::new(dialect)
-        .with_tokens_with_locations(tokens)
-        .parse_statements()
-        .map_err(syntax)?;
+    let mut parsed = parser(dialect, tokens).parse_statements().map_err(syntax)?;
     match (parsed.pop(), parsed.is_empty()) {
         (Some(statement), true) => Ok(Statement::Sql {
             statement: Box::new(statement),
@@ -164,13 +178,11 @@ fn parse_split_at(
                 ))
             }
         };
-    let mut name_parser =
-        Parser::new(dialect).with_tokens_with_locations(tokens[name_start..split_index].to_vec());
+    let mut name_parser = parser(dialect, tokens[name_start..split_index].to_vec());
     let table = name_parser.parse_object_name(false).map_err(syntax)?;
     name_parser.expect_token(&Token::EOF).map_err(syntax)?;
 
-    let mut values_parser =
-        Parser::new(dialect).with_tokens_with_locations(tokens[rest_start..].to_vec());
+    let mut values_parser = parser(dialect, tokens[rest_start..].to_vec());
     let query = values_parser.parse_query().map_err(syntax)?;
     values_parser.expect_token(&Token::EOF).map_err(syntax)?;
     let ast::Query {

@@ -12,6 +12,7 @@
 //! that), so these tests may run on cargo's default test threads.
 
 mod bank;
+mod hostile;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;

@@ -37,8 +37,10 @@ async fn replicated_commits_survive_failover_and_restart() {
     let mut t2 = store.begin(Some(2));
     t1.get(&key(table, 0)).await.expect("read");
     t2.get(&key(table, 0)).await.expect("read");
-    t1.put(key(table, 0), b"t1".to_vec());
-    t2.put(key(table, 0), b"t2".to_vec());
+    t1.put(key(table, 0), b"t1".to_vec())
+        .expect("a write within the limits");
+    t2.put(key(table, 0), b"t2".to_vec())
+        .expect("a write within the limits");
     t1.commit().await.expect("first commit wins");
     assert!(matches!(t2.commit().await, Err(StoreError::Aborted(_))));
 

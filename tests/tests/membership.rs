@@ -75,7 +75,8 @@ async fn write_rows(store: &meridian_kv::Client, table: u32, rows: std::ops::Ran
             let mut attempt = 0;
             loop {
                 let mut t = store.begin(None);
-                t.put(key(table, *r), format!("row {r}").into_bytes());
+                t.put(key(table, *r), format!("row {r}").into_bytes())
+                    .expect("a write within the limits");
                 match t.commit().await {
                     Ok(_) => return,
                     Err(e) if attempt < 20 => {

@@ -70,8 +70,10 @@ async fn split_keeps_every_row_and_survives_restart() {
         .await
         .expect("scan across tablets");
     assert_eq!(rows.len(), 20);
-    t.put(key(table, 3), b"left".to_vec());
-    t.put(key(table, 15), b"right".to_vec());
+    t.put(key(table, 3), b"left".to_vec())
+        .expect("a write within the limits");
+    t.put(key(table, 15), b"right".to_vec())
+        .expect("a write within the limits");
     t.commit()
         .await
         .expect("a transaction across the halves commits");
@@ -123,7 +125,8 @@ async fn read_only_transactions_never_wait_for_locks() {
     let waiter_store = cluster.store();
     let waiter = tokio::spawn(async move {
         let mut t = waiter_store.begin(None);
-        t.put(key(table, 1), b"younger".to_vec());
+        t.put(key(table, 1), b"younger".to_vec())
+            .expect("a write within the limits");
         t.commit().await
     });
 
@@ -142,7 +145,9 @@ async fn read_only_transactions_never_wait_for_locks() {
         elapsed < Duration::from_secs(5),
         "200 lock-free reads took {elapsed:?} while the row was locked"
     );
-    holder.put(key(table, 1), b"holder".to_vec());
+    holder
+        .put(key(table, 1), b"holder".to_vec())
+        .expect("a write within the limits");
     holder.commit().await.expect("the holder commits");
     let _ = waiter.await;
     cluster.shutdown().await;

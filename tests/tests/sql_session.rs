@@ -438,3 +438,32 @@ async fn inserts_check_their_keys_at_commit_without_reading_them() {
     assert_eq!(won, 1);
     cluster.shutdown().await;
 }
+
+/// The deepest statement the limits let through still binds, evaluates and drops on a default
+/// 2 MiB stack; one level past them is refused with 54001 before it is parsed, and text past
+/// the length limit with 54000.
+#[tokio::test]
+async fn statement_limits_refuse_what_could_exhaust_a_stack() {
+    use meridian_sql::limits::{MAX_NESTING, MAX_STATEMENT_BYTES};
+    let cluster = common::single_node().await;
+    let mut s = session(&cluster);
+    // `SELECT 1+1+…+1`: the bound counts one level per `+` and four for the statement.
+    let terms = MAX_NESTING - 3;
+    let chain = |n: usize| format!("SELECT {}", vec!["1"; n].join("+"));
+    assert_eq!(
+        query(&mut s, &chain(terms)).await,
+        vec![vec![Datum::Int(terms as i64)]]
+    );
+    assert_eq!(error_code(&mut s, &chain(terms + 1)).await, "54001");
+    assert_eq!(error_code(&mut s, &chain(300_000)).await, "54001");
+    let nested = |n: usize| format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n));
+    assert_eq!(query(&mut s, &nested(40)).await, vec![vec![Datum::Int(1)]]);
+    assert_eq!(error_code(&mut s, &nested(10_000)).await, "54001");
+    let negations = format!("SELECT {}1", "- ".repeat(100_000));
+    assert_eq!(error_code(&mut s, &negations).await, "54001");
+    let long = format!("SELECT '{}'", "x".repeat(MAX_STATEMENT_BYTES));
+    assert_eq!(error_code(&mut s, &long).await, "54000");
+    // The session is still usable.
+    assert_eq!(query(&mut s, "SELECT 2").await, vec![vec![Datum::Int(2)]]);
+    cluster.shutdown().await;
+}

@@ -82,8 +82,10 @@ async fn leader_index(cluster: &Cluster, table: u32) -> usize {
 async fn keys_are_free(store: &meridian_kv::Client, a: &[u8], b: &[u8]) {
     let started = Instant::now();
     let mut t = store.begin(None);
-    t.put(a.to_vec(), b"free".to_vec());
-    t.put(b.to_vec(), b"free".to_vec());
+    t.put(a.to_vec(), b"free".to_vec())
+        .expect("a write within the limits");
+    t.put(b.to_vec(), b"free".to_vec())
+        .expect("a write within the limits");
     t.commit()
         .await
         .expect("a later transaction on the same keys commits");
@@ -113,9 +115,11 @@ async fn a_transaction_across_tablets_commits_atomically() {
         t.get(&key(b, 0)).await.expect("read"),
         Some(b"init".to_vec())
     );
-    t.put(key(a, 1), b"a1".to_vec());
-    t.put(key(b, 1), b"b1".to_vec());
-    t.delete(key(b, 0));
+    t.put(key(a, 1), b"a1".to_vec())
+        .expect("a write within the limits");
+    t.put(key(b, 1), b"b1".to_vec())
+        .expect("a write within the limits");
+    t.delete(key(b, 0)).expect("a write within the limits");
     let ts = t
         .commit()
         .await
@@ -149,7 +153,8 @@ async fn a_transaction_across_tablets_commits_atomically() {
     // A rollback gives the locks back at once.
     let mut rb = store.begin(None);
     rb.get(&key(a, 1)).await.expect("read");
-    rb.put(key(b, 1), b"never".to_vec());
+    rb.put(key(b, 1), b"never".to_vec())
+        .expect("a write within the limits");
     rb.rollback().await;
     keys_are_free(&store, &key(a, 1), &key(b, 1)).await;
     cluster.shutdown().await;
@@ -168,8 +173,10 @@ async fn crossing_transactions_do_not_deadlock_and_the_older_wins() {
     let mut t2 = store.begin(Some(2));
     t1.get(&key(a, 0)).await.expect("t1 reads a");
     t2.get(&key(b, 0)).await.expect("t2 reads b");
-    t1.put(key(b, 0), b"t1".to_vec());
-    t2.put(key(a, 0), b"t2".to_vec());
+    t1.put(key(b, 0), b"t1".to_vec())
+        .expect("a write within the limits");
+    t2.put(key(a, 0), b"t2".to_vec())
+        .expect("a write within the limits");
     let started = Instant::now();
     let (r1, r2) = tokio::join!(t1.commit(), t2.commit());
     assert!(
@@ -209,8 +216,10 @@ async fn participant_leader_killed_after_prepare_aborts_cleanly() {
         .expect("arm");
 
     let mut t = store.begin(None);
-    t.put(key(a, 1), b"a1".to_vec());
-    t.put(key(b, 1), b"b1".to_vec());
+    t.put(key(a, 1), b"a1".to_vec())
+        .expect("a write within the limits");
+    t.put(key(b, 1), b"b1".to_vec())
+        .expect("a write within the limits");
     let result = t.commit().await;
     assert!(
         result.is_err(),
@@ -250,8 +259,10 @@ async fn coordinator_killed_after_deciding_commit_still_commits_everywhere() {
         .expect("arm");
 
     let mut t = store.begin(None);
-    t.put(key(a, 1), b"a1".to_vec());
-    t.put(key(b, 1), b"b1".to_vec());
+    t.put(key(a, 1), b"a1".to_vec())
+        .expect("a write within the limits");
+    t.put(key(b, 1), b"b1".to_vec())
+        .expect("a write within the limits");
     match t.commit().await {
         Err(StoreError::Ambiguous(_)) => {}
         other => panic!("the coordinator died before answering: {other:?}"),
@@ -310,8 +321,10 @@ async fn an_idle_interactive_transaction_keeps_its_locks() {
         meridian_spanserver::raft::driver::TXN_IDLE_TIMEOUT + Duration::from_secs(2),
     )
     .await;
-    t.put(key(a, 0), b"thought about it".to_vec());
-    t.put(key(b, 0), b"thought about it".to_vec());
+    t.put(key(a, 0), b"thought about it".to_vec())
+        .expect("a write within the limits");
+    t.put(key(b, 0), b"thought about it".to_vec())
+        .expect("a write within the limits");
     t.commit()
         .await
         .expect("the transaction's locks survived its client's pause");

@@ -21,6 +21,10 @@ use super::{GroupId, ServerId};
 
 /// Messages batched into one stream item at most.
 const MAX_BATCH: usize = 512;
+/// Bytes of messages batched into one stream item at most (a single larger message goes
+/// alone). With the commit size limit (`meridian_common::limits::MAX_COMMIT_BYTES`) this keeps
+/// every item under the gRPC message limit (`meridian_proto::MAX_MESSAGE_BYTES`).
+const MAX_BATCH_BYTES: usize = 16 << 20;
 /// Pause before reconnecting to a peer that failed.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -105,7 +109,7 @@ impl Transport {
             )
             .await
             {
-                Ok(Ok(c)) => c,
+                Ok(Ok(c)) => meridian_proto::limited!(c),
                 _ => {
                     // Drop what is queued: Raft will resend.
                     while rx.try_recv().is_ok() {}
@@ -131,9 +135,17 @@ impl Transport {
                         None => return,
                     }
                 }
-                while messages.len() < MAX_BATCH {
+                let mut bytes: usize = messages.iter().map(|m| m.message.len()).sum();
+                while messages.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                     match rx.try_recv() {
-                        Ok(m) => messages.push(m),
+                        Ok(m) if bytes + m.message.len() > MAX_BATCH_BYTES => {
+                            next = Some(m);
+                            break;
+                        }
+                        Ok(m) => {
+                            bytes += m.message.len();
+                            messages.push(m);
+                        }
                         Err(_) => break,
                     }
                 }

@@ -107,8 +107,13 @@ pub fn get(
     }))
 }
 
+/// The most bytes of keys and values one [`scan`] returns (after its first row): a page stays
+/// well inside the gRPC message limit, whatever the rows' sizes.
+pub const MAX_SCAN_BYTES: usize = 16 << 20;
+
 /// The live rows with user keys in `[start, end)` as of `read_ts`, in key order. An empty `end`
-/// means no upper bound. At most `limit` rows are returned (`0` means no limit); when the limit
+/// means no upper bound. At most `limit` rows are returned (`0` means no limit), and no more
+/// than [`MAX_SCAN_BYTES`] of keys and values unless the first row alone is larger; when either
 /// cuts the scan short, [`ScanResult::resume_key`] says where to continue.
 ///
 /// Older versions are skipped by seeking past them, so the cost grows with the number of keys
@@ -121,6 +126,7 @@ pub fn scan(
     limit: usize,
 ) -> Result<ScanResult, EngineError> {
     let mut result = ScanResult::default();
+    let mut bytes = 0usize;
     let mut cursor = Cursor::new(engine, start, end);
     while let Some((raw_key, raw_value)) = cursor.peek()? {
         let (prefix, ts) = split_key(raw_key)?;
@@ -131,10 +137,13 @@ pub fn scan(
         }
         if let Some(value) = decode_value(raw_value)? {
             let key = decode_user_key(&prefix)?;
-            if limit != 0 && result.rows.len() == limit {
+            let size = key.len() + value.len();
+            let full = limit != 0 && result.rows.len() == limit;
+            if full || (!result.rows.is_empty() && bytes + size > MAX_SCAN_BYTES) {
                 result.resume_key = Some(key);
                 break;
             }
+            bytes += size;
             result.rows.push((
                 key,
                 Version {

@@ -95,6 +95,10 @@ impl Binder<'_> {
 
     /// Binds one expression.
     pub(super) fn bind_expr(&mut self, e: &ast::Expr, cx: &ExprContext) -> Result<ScalarExpr> {
+        crate::limits::deeper(|| self.bind_expr_here(e, cx))
+    }
+
+    fn bind_expr_here(&mut self, e: &ast::Expr, cx: &ExprContext) -> Result<ScalarExpr> {
         match e {
             ast::Expr::Identifier(id) => self.bind_column(cx.scope, None, id),
             ast::Expr::CompoundIdentifier(parts) => match parts.as_slice() {

@@ -521,6 +521,14 @@ fn rewrite_for_aggregate(
     group_by: &[ScalarExpr],
     aggregates: &mut Vec<AggCall>,
 ) -> Result<ScalarExpr> {
+    crate::limits::deeper(|| rewrite_for_aggregate_here(e, group_by, aggregates))
+}
+
+fn rewrite_for_aggregate_here(
+    e: ScalarExpr,
+    group_by: &[ScalarExpr],
+    aggregates: &mut Vec<AggCall>,
+) -> Result<ScalarExpr> {
     if let Some(index) = group_by.iter().position(|g| *g == e) {
         let name = match &e {
             ScalarExpr::Column { name, .. } => name.clone(),

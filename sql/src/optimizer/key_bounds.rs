@@ -33,6 +33,10 @@ pub fn apply(plan: Plan) -> Plan {
 }
 
 fn conjuncts<'e>(e: &'e ScalarExpr, out: &mut Vec<&'e ScalarExpr>) {
+    crate::limits::deeper(|| conjuncts_here(e, out))
+}
+
+fn conjuncts_here<'e>(e: &'e ScalarExpr, out: &mut Vec<&'e ScalarExpr>) {
     match e {
         ScalarExpr::And(a, b) => {
             conjuncts(a, out);

@@ -150,7 +150,8 @@ pub fn table_prefix(id: u32) -> Vec<u8> {
 pub async fn put(store: &Client, key: &[u8], value: &[u8]) -> Result<u64, Error> {
     let mut txn = store.begin(None);
     txn.get(key).await?;
-    txn.put(key.to_vec(), value.to_vec());
+    txn.put(key.to_vec(), value.to_vec())
+        .expect("a write within the limits");
     Ok(txn.commit().await?.expect("a write has a commit timestamp"))
 }
 

@@ -107,7 +107,7 @@ impl AgentClock {
     async fn refresh(&self) -> Result<(), String> {
         let send = Instant::now();
         let call = async {
-            let mut client = TimeAgentClient::new(self.channel.clone());
+            let mut client = meridian_proto::limited!(TimeAgentClient::new(self.channel.clone()));
             client
                 .now(pb::AgentNowRequest {})
                 .await

@@ -161,7 +161,7 @@ pub const POLL_TIMEOUT: Duration = Duration::from_millis(500);
 async fn poll_master(channel: Option<Channel>, state: Arc<AgentState>) -> PollResult {
     let send_mono = state.mono();
     let call = async {
-        let mut client = TimeMasterClient::new(channel?);
+        let mut client = meridian_proto::limited!(TimeMasterClient::new(channel?));
         client
             .read(pb::MasterReadRequest {})
             .await
@@ -274,8 +274,8 @@ pub async fn serve_master(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .add_service(pb::time_master_server::TimeMasterServer::new(
-            MasterService { source },
+        .add_service(meridian_proto::limited!(
+            pb::time_master_server::TimeMasterServer::new(MasterService { source })
         ))
         .serve_with_incoming_shutdown(meridian_proto::incoming_nodelay(listener), async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -298,9 +298,9 @@ pub async fn serve_agent(
         shutdown.clone(),
     ));
     let result = tonic::transport::Server::builder()
-        .add_service(pb::time_agent_server::TimeAgentServer::new(AgentService {
-            state,
-        }))
+        .add_service(meridian_proto::limited!(
+            pb::time_agent_server::TimeAgentServer::new(AgentService { state })
+        ))
         .serve_with_incoming_shutdown(meridian_proto::incoming_nodelay(listener), async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })

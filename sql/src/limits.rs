@@ -1,0 +1,261 @@
+//! Limits on statement text, checked before sqlparser builds an AST, so that no statement can
+//! exhaust a worker's stack or memory while it is parsed, bound, planned, evaluated or dropped.
+//!
+//! - [`MAX_STATEMENT_BYTES`]: longer text is refused with 54000 before it is tokenized.
+//! - [`MAX_NESTING`]: a bound on how deep the statement's AST can be, computed from its tokens
+//!   ([`nesting_bound`]); a deeper statement is refused with 54001 before it is parsed. The
+//!   bound matters for operator chains such as `1+1+…+1`: sqlparser builds them without
+//!   recursing, but as a tree as deep as the chain is long, and binding, evaluating and even
+//!   dropping that tree recurse once per level.
+//! - [`PARSER_RECURSION_LIMIT`]: sqlparser's own guard on its recursive descent (parentheses,
+//!   prefix operators, subqueries); hitting it is also 54001.
+//!
+//! - [`deeper`]: every recursive walk over an expression (binding, evaluating, visiting,
+//!   splitting conjuncts) runs through it, so a walk that nears the end of its thread's stack
+//!   continues on a new heap-allocated segment instead of overflowing; the nesting limit then
+//!   bounds the memory, not the stack.
+//!
+//! The bound over-counts (every operator in a comma-separated item counts, as if all of them
+//! nested) and never under-counts: every AST level below the statement's top comes from a
+//! parenthesis, bracket, `CASE`, or an operator between two items of one list element.
+
+use sqlparser::tokenizer::{Token, TokenWithSpan};
+
+use crate::error::{Result, SqlError};
+
+/// The longest statement text accepted (1 MiB, Cloud Spanner's limit on a query's text).
+pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
+
+/// The deepest AST [`nesting_bound`] may report.
+pub const MAX_NESTING: usize = 2_000;
+
+/// How deep sqlparser may recurse (its default is 50).
+pub const PARSER_RECURSION_LIMIT: usize = 200;
+
+/// AST levels one parenthesis (or bracket, or `CASE`) may add: a subquery in parentheses is a
+/// `Subquery`, a `Query`, a `SetExpr` and a `Select` before its first expression.
+const LEVELS_PER_PAREN: usize = 4;
+
+/// Stack left below which [`deeper`] switches to a new segment.
+const RED_ZONE: usize = 128 * 1024;
+/// The size of each new stack segment.
+const SEGMENT: usize = 2 * 1024 * 1024;
+
+/// Runs `f`, on a fresh stack segment if this thread's stack is nearly used up. Every
+/// recursive walk over an expression tree calls itself through this.
+pub fn deeper<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(RED_ZONE, SEGMENT, f)
+}
+
+/// Refuses text longer than [`MAX_STATEMENT_BYTES`] (54000).
+pub fn check_text(sql: &str) -> Result<()> {
+    if sql.len() > MAX_STATEMENT_BYTES {
+        return Err(SqlError::ProgramLimitExceeded(format!(
+            "statement text is {} bytes; the limit is {MAX_STATEMENT_BYTES}",
+            sql.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a statement whose tokens allow an AST deeper than [`MAX_NESTING`] (54001).
+pub fn check_nesting(tokens: &[TokenWithSpan]) -> Result<()> {
+    let bound = nesting_bound(tokens.iter().map(|t| &t.token));
+    if bound > MAX_NESTING {
+        return Err(SqlError::StatementTooComplex(format!(
+            "expressions nest up to {bound} levels deep; the limit is {MAX_NESTING}"
+        )));
+    }
+    Ok(())
+}
+
+/// An upper bound on the depth of the AST the tokens of one statement parse into.
+pub fn nesting_bound<'a>(tokens: impl Iterator<Item = &'a Token>) -> usize {
+    // Operators counted in the current item of each open group; the sum plus the groups'
+    // own levels bounds the depth at this point of the statement.
+    let mut groups: Vec<usize> = vec![0];
+    let mut operators = 0usize;
+    let mut deepest = 0usize;
+    for token in tokens {
+        match token {
+            Token::LParen | Token::LBracket | Token::LBrace => groups.push(0),
+            Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("CASE") => {
+                groups.push(0)
+            }
+            Token::RParen | Token::RBracket | Token::RBrace => close(&mut groups, &mut operators),
+            Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("END") => {
+                close(&mut groups, &mut operators)
+            }
+            Token::Comma => reset(&mut groups, &mut operators),
+            Token::Word(w) if w.quote_style.is_none() && is_item_keyword(&w.value) => {
+                reset(&mut groups, &mut operators)
+            }
+            Token::Word(w) if w.quote_style.is_none() && is_operator_keyword(&w.value) => {
+                bump(&mut groups, &mut operators)
+            }
+            t if is_operator(t) => bump(&mut groups, &mut operators),
+            _ => {}
+        }
+        let depth = operators.saturating_add(groups.len().saturating_mul(LEVELS_PER_PAREN));
+        deepest = deepest.max(depth);
+    }
+    deepest
+}
+
+fn bump(groups: &mut [usize], operators: &mut usize) {
+    if let Some(top) = groups.last_mut() {
+        *top += 1;
+        *operators += 1;
+    }
+}
+
+fn reset(groups: &mut [usize], operators: &mut usize) {
+    if let Some(top) = groups.last_mut() {
+        *operators -= *top;
+        *top = 0;
+    }
+}
+
+/// Closes the innermost group; an unbalanced close is sqlparser's error to report, not ours.
+fn close(groups: &mut Vec<usize>, operators: &mut usize) {
+    if groups.len() > 1 {
+        if let Some(top) = groups.pop() {
+            *operators -= top;
+        }
+    }
+}
+
+/// Keywords that start a new, separately nested item of the enclosing group (a clause, or a
+/// `CASE` arm): what follows them is a sibling of what came before, not a child.
+fn is_item_keyword(word: &str) -> bool {
+    const ITEMS: &[&str] = &[
+        "SELECT",
+        "FROM",
+        "WHERE",
+        "GROUP",
+        "HAVING",
+        "ORDER",
+        "LIMIT",
+        "OFFSET",
+        "SET",
+        "VALUES",
+        "RETURNING",
+        "WHEN",
+        "THEN",
+        "ELSE",
+        "ON",
+        "USING",
+        "UNION",
+        "INTERSECT",
+        "EXCEPT",
+    ];
+    ITEMS.iter().any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// Keywords that combine expressions into a deeper one.
+fn is_operator_keyword(word: &str) -> bool {
+    const OPERATORS: &[&str] = &[
+        "AND", "OR", "NOT", "IS", "LIKE", "ILIKE", "SIMILAR", "IN", "BETWEEN", "COLLATE", "AT",
+        "OVERLAPS", "ESCAPE", "ANY", "ALL", "SOME", "EXISTS", "JOIN",
+    ];
+    OPERATORS.iter().any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// Symbol tokens that are operators (everything but literals, names, punctuation, spaces).
+fn is_operator(token: &Token) -> bool {
+    !matches!(
+        token,
+        Token::EOF
+            | Token::Word(_)
+            | Token::Number(..)
+            | Token::Char(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::Comma
+            | Token::Whitespace(_)
+            | Token::LParen
+            | Token::RParen
+            | Token::Period
+            | Token::SemiColon
+            | Token::LBracket
+            | Token::RBracket
+            | Token::LBrace
+            | Token::RBrace
+            | Token::Placeholder(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::tokenizer::Tokenizer;
+
+    fn bound(sql: &str) -> usize {
+        let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+            .tokenize()
+            .expect("tokenize");
+        nesting_bound(tokens.iter())
+    }
+
+    #[test]
+    fn chains_count_each_operator() {
+        let chain = |n: usize| format!("SELECT {}", vec!["1"; n].join("+"));
+        assert!(bound(&chain(10)) >= 9);
+        assert!(bound(&chain(5_000)) > MAX_NESTING);
+    }
+
+    #[test]
+    fn lists_and_clauses_do_not_add_up() {
+        let values: Vec<String> = (0..10_000).map(|i| format!("({i}, -{i}, 'x')")).collect();
+        let insert = format!("INSERT INTO t VALUES {}", values.join(", "));
+        assert!(bound(&insert) < 20, "{}", bound(&insert));
+        let in_list: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+        let select = format!(
+            "SELECT a + 1, b FROM t WHERE a = 1 AND b IN ({}) ORDER BY a",
+            in_list.join(",")
+        );
+        assert!(bound(&select) < 20, "{}", bound(&select));
+    }
+
+    #[test]
+    fn parentheses_and_case_nest() {
+        let nested = format!("SELECT {}1{}", "(".repeat(100), ")".repeat(100));
+        assert!(bound(&nested) >= 100 * LEVELS_PER_PAREN);
+        let cases = format!(
+            "SELECT {} 1 {}",
+            "CASE WHEN a THEN ".repeat(50),
+            " END".repeat(50)
+        );
+        assert!(bound(&cases) >= 50);
+    }
+
+    #[test]
+    fn strings_and_unbalanced_closes_are_harmless() {
+        assert!(bound("SELECT '+++++((((('") < 10);
+        assert!(bound("SELECT 1)))) + 2") < 10);
+    }
+
+    #[test]
+    fn long_text_is_refused_with_54000() {
+        let text = "x".repeat(MAX_STATEMENT_BYTES + 1);
+        let error = check_text(&text).expect_err("too long");
+        assert_eq!(error.sqlstate(), "54000");
+        assert!(check_text("SELECT 1").is_ok());
+    }
+}
