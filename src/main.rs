@@ -74,11 +74,13 @@ enum Command {
         /// Serve Prometheus metrics (/metrics) and /health over HTTP here.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
-        /// The clock uncertainty bound ε this machine's clock is trusted to keep, in
-        /// milliseconds, when no truetime agent is given.
-        #[arg(long, default_value_t = 7)]
-        clock_epsilon_ms: u64,
-        /// The local truetime agent (HOST:PORT); its measured ε replaces --clock-epsilon-ms.
+        /// Trust this machine's clock to stay within ε milliseconds of true time, unmeasured,
+        /// instead of reading a truetime agent. Only for machines whose clock is known to be
+        /// disciplined that well: a wrong ε breaks external consistency. Logged as a warning.
+        #[arg(long, conflicts_with = "truetime")]
+        clock_epsilon_ms: Option<u64>,
+        /// The local truetime agent (HOST:PORT), which measures ε. A server needs this or
+        /// --clock-epsilon-ms.
         #[arg(long)]
         truetime: Option<String>,
         /// Refuse read-write commits while ε exceeds this.
@@ -256,6 +258,29 @@ async fn wait_for_signal() {
     }
 }
 
+/// Why `meridian start` without a clock refuses to run.
+const NO_CLOCK: &str = "a spanserver needs a clock whose uncertainty is known: pass \
+    --truetime HOST:PORT (the local truetime agent, which measures it), or --clock-epsilon-ms N \
+    to trust this machine's clock to stay within N ms of true time without measuring it";
+
+/// The system clock trusted at ±`epsilon`, unmeasured: refused if `epsilon` is over the bound
+/// commits are allowed under (every commit would be refused), logged as a warning otherwise.
+fn fixed_clock(epsilon: Duration, max: Duration) -> Result<Arc<dyn TrueTime>, String> {
+    if epsilon > max {
+        return Err(format!(
+            "--clock-epsilon-ms {} is over --max-clock-epsilon-ms {}: no commit could ever run",
+            epsilon.as_millis(),
+            max.as_millis()
+        ));
+    }
+    tracing::warn!(
+        epsilon_ms = epsilon.as_millis() as u64,
+        "the clock is NOT measured: trusting the system clock to stay within ±ε of true time \
+         (--clock-epsilon-ms); run a truetime agent and pass --truetime instead"
+    );
+    Ok(Arc::new(SystemTrueTime::new(epsilon)))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -302,19 +327,23 @@ fn main() -> ExitCode {
             } => {
                 init_tracing("info");
                 let shutdown = shutdown_on_signals();
-                let tt: Arc<dyn TrueTime> = match truetime {
-                    Some(agent) => match meridian_truetime_daemon::client::AgentClock::connect(
-                        agent,
-                        Duration::from_millis(max_clock_epsilon_ms),
-                        Duration::from_secs(30),
-                        shutdown.clone(),
-                    )
-                    .await
-                    {
-                        Ok(clock) => clock,
-                        Err(e) => return Err(e.to_string()),
-                    },
-                    None => Arc::new(SystemTrueTime::new(Duration::from_millis(clock_epsilon_ms))),
+                let max_epsilon = Duration::from_millis(max_clock_epsilon_ms);
+                let tt: Arc<dyn TrueTime> = match (truetime, clock_epsilon_ms) {
+                    (Some(agent), _) => {
+                        match meridian_truetime_daemon::client::AgentClock::connect(
+                            agent,
+                            max_epsilon,
+                            Duration::from_secs(30),
+                            shutdown.clone(),
+                        )
+                        .await
+                        {
+                            Ok(clock) => clock,
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                    (None, Some(ms)) => fixed_clock(Duration::from_millis(ms), max_epsilon)?,
+                    (None, None) => return Err(NO_CLOCK.into()),
                 };
                 let server = meridian_spanserver::server::ServerOptions {
                     id,

@@ -608,3 +608,39 @@ async fn run_psql(psql: &Path, url: &str, timeout: Duration) -> std::process::Ou
         .unwrap_or_else(|_| panic!("psql did not finish within {timeout:?}"))
         .expect("wait for psql")
 }
+
+/// `meridian start` never assumes a clock: without `--truetime` it refuses to run unless told
+/// an ε to trust, and refuses an ε no commit could run under.
+#[tokio::test]
+async fn start_refuses_to_run_without_a_measured_or_declared_clock() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let run = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(meridian());
+        command
+            .args(["start", "--id", "1", "--zone", "zone-a", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0"])
+            .args(["--pd", "127.0.0.1:1"])
+            .args(extra)
+            .kill_on_drop(true);
+        async move {
+            let output = tokio::time::timeout(SHUTDOWN_TIMEOUT, command.output())
+                .await
+                .expect("start refuses promptly")
+                .expect("run meridian start");
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, stderr) = run(&[]).await;
+    assert!(!ok && stderr.contains("needs a clock"), "{stderr}");
+    let (ok, stderr) = run(&["--clock-epsilon-ms", "50"]).await;
+    assert!(
+        !ok && stderr.contains("over --max-clock-epsilon-ms"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(&["--clock-epsilon-ms", "5", "--truetime", "127.0.0.1:1"]).await;
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
+}

@@ -4,11 +4,18 @@
 //! spanservers from the binary under test:
 //!
 //! ```text
+//!                 truetime-master.log  meridian truetime master --listen 127.0.0.1:M
+//!                                          --error-bound-us 1000
+//!                 truetime-agent.log   meridian truetime agent --listen 127.0.0.1:A
+//!                                          --masters 127.0.0.1:M
 //! <tempdir>/pd/   pd.log      meridian pd --data-dir <tempdir>/pd --listen 127.0.0.1:P
 //! <tempdir>/s1/   s1.log      meridian start --id 1 --zone zone-a --data-dir <tempdir>/s1
 //! <tempdir>/s2/   s2.log          --listen 127.0.0.1:L1 --pg-listen 127.0.0.1:Q1 --pd 127.0.0.1:P
-//! …
+//! …                               --truetime 127.0.0.1:A
 //! ```
+//!
+//! The time master and agent run for the cluster's life (server faults leave them alone), so
+//! every server measures its clock's uncertainty as in production.
 //!
 //! Servers are addressed by **index** `0..n`: index `i` is server id `i + 1`, in zone
 //! `zone-a`, `zone-b`, … (the `i`-th letter), with data directory and log `s{i+1}`. Every
@@ -77,6 +84,18 @@ struct PlacementDriver {
     process: ManagedProcess,
 }
 
+/// The machine's time service: one time master and the agent every server reads TrueTime
+/// from, as on a real machine. They run for the cluster's life: server faults leave them be.
+#[derive(Debug)]
+struct TimeService {
+    master: ManagedProcess,
+    agent: ManagedProcess,
+    agent_listen: SocketAddr,
+}
+
+/// The error bound the harness's time master declares, in microseconds.
+pub const MASTER_BOUND_US: u64 = 1000;
+
 /// One spanserver's identity, addresses and process.
 #[derive(Debug)]
 struct Server {
@@ -93,6 +112,7 @@ struct Server {
 pub struct Cluster {
     /// `None` only inside `drop`, after the directory was kept.
     dir: Option<TempDir>,
+    time: TimeService,
     pd: PlacementDriver,
     servers: Vec<Server>,
     pd_listen_timeout: Duration,
@@ -135,8 +155,38 @@ impl Cluster {
             .unwrap_or_else(|error| panic!("cannot create the cluster's directory: {error}"));
         eprintln!("cluster directory: {}", dir.path().display());
 
-        let ports = free_ports(1 + 2 * servers);
+        let ports = free_ports(3 + 2 * servers);
         let pd_listen = loopback(ports[0]);
+        let (master_listen, agent_listen) = (loopback(ports[1]), loopback(ports[2]));
+        let time = TimeService {
+            master: ManagedProcess::new(
+                "truetime-master",
+                bin,
+                args([
+                    "truetime".into(),
+                    "master".into(),
+                    "--listen".into(),
+                    master_listen.to_string().into(),
+                    "--error-bound-us".into(),
+                    MASTER_BOUND_US.to_string().into(),
+                ]),
+                dir.path().join("truetime-master.log"),
+            ),
+            agent: ManagedProcess::new(
+                "truetime-agent",
+                bin,
+                args([
+                    "truetime".into(),
+                    "agent".into(),
+                    "--listen".into(),
+                    agent_listen.to_string().into(),
+                    "--masters".into(),
+                    master_listen.to_string().into(),
+                ]),
+                dir.path().join("truetime-agent.log"),
+            ),
+            agent_listen,
+        };
         let pd_dir = create_dir(dir.path(), "pd");
         let pd = PlacementDriver {
             listen: pd_listen,
@@ -158,8 +208,8 @@ impl Cluster {
                 let id = index as u64 + 1;
                 let name = format!("s{id}");
                 let zone = zone_name(index);
-                let listen = loopback(ports[1 + 2 * index]);
-                let pg = loopback(ports[2 + 2 * index]);
+                let listen = loopback(ports[3 + 2 * index]);
+                let pg = loopback(ports[4 + 2 * index]);
                 let data_dir = create_dir(dir.path(), &name);
                 let process = ManagedProcess::new(
                     &name,
@@ -178,6 +228,8 @@ impl Cluster {
                         pg.to_string().into(),
                         "--pd".into(),
                         pd_listen.to_string().into(),
+                        "--truetime".into(),
+                        agent_listen.to_string().into(),
                     ]),
                     dir.path().join(format!("{name}.log")),
                 );
@@ -191,8 +243,11 @@ impl Cluster {
                 }
             })
             .collect();
+        time.master.start();
+        time.agent.start();
         let cluster = Cluster {
             dir: Some(dir),
+            time,
             pd,
             servers,
             pd_listen_timeout: options.pd_listen_timeout,
@@ -233,7 +288,12 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<(), HarnessError> {
         let server = self.server(index);
-        let exited = || exited_error(&server.process).or_else(|| exited_error(&self.pd.process));
+        let exited = || {
+            exited_error(&server.process)
+                .or_else(|| exited_error(&self.pd.process))
+                .or_else(|| exited_error(&self.time.agent))
+                .or_else(|| exited_error(&self.time.master))
+        };
         let what = format!("server {} ({})", server.id, server.pg);
         pg::wait_serving(&what, &self.pg_config(index), deadline, timeout, &exited).await
     }
@@ -328,6 +388,11 @@ impl Cluster {
         self.server(index).process.start();
     }
 
+    /// The truetime agent every server reads its clock from.
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.time.agent_listen
+    }
+
     /// SIGKILLs the placement driver.
     pub fn kill_pd(&self) {
         self.pd.process.kill();
@@ -368,8 +433,11 @@ impl Cluster {
         })
     }
 
+    /// Every process: the time service, the placement driver, the servers.
     fn processes(&self) -> impl Iterator<Item = &ManagedProcess> {
-        std::iter::once(&self.pd.process).chain(self.servers.iter().map(|s| &s.process))
+        [&self.time.master, &self.time.agent, &self.pd.process]
+            .into_iter()
+            .chain(self.servers.iter().map(|s| &s.process))
     }
 }
 

@@ -101,12 +101,13 @@ async fn cluster_follows_the_command_line_contract_and_cleans_up() {
     for index in 0..3 {
         assert!(cluster.is_running(index));
         let expected = format!(
-            "fake meridian start --id {} --zone {} --data-dir {} --listen {} --pg-listen {} --pd {pd}",
+            "fake meridian start --id {} --zone {} --data-dir {} --listen {} --pg-listen {} --pd {pd} --truetime {}",
             index + 1,
             ["zone-a", "zone-b", "zone-c"][index],
             dir.join(format!("s{}", index + 1)).display(),
             cluster.server_addr(index),
             cluster.pg_addr(index),
+            cluster.agent_addr(),
         );
         crate::retry_until(Duration::from_secs(5), || async {
             let text = log(cluster.log_path(index));
