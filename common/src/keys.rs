@@ -8,6 +8,15 @@ use crate::{GroupId, TableId};
 /// Table ids below this belong to system tables.
 pub const FIRST_USER_TABLE_ID: TableId = TableId(100);
 
+/// The system table whose one row is the cluster's unique-id counter
+/// ([`unique_id_counter_key`]).
+pub const UNIQUE_ID_TABLE_ID: TableId = TableId(2);
+
+/// The key of the counter the KV client reserves blocks of cluster-unique ids from.
+pub fn unique_id_counter_key() -> Vec<u8> {
+    table_prefix(UNIQUE_ID_TABLE_ID)
+}
+
 /// The group that holds the system range `[.., table_prefix(FIRST_USER_TABLE_ID))`.
 pub const SYSTEM_GROUP: GroupId = GroupId(1);
 

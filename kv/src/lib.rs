@@ -20,6 +20,7 @@ pub mod error;
 pub mod readonly;
 pub mod router;
 pub mod txn;
+pub mod unique_ids;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,11 @@ impl Client {
     /// The router this client sends requests through.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// An id no other call on any client of this cluster ever returns (see [`unique_ids`]).
+    pub async fn unique_id(&self) -> Result<i64> {
+        self.router.unique_ids.next(self).await
     }
 
     /// Starts a read-write transaction with wound-wait `priority` (smaller = older = wins), or
@@ -164,6 +170,15 @@ impl Txn {
         match self {
             Txn::ReadWrite(t) => t.scan(start, end, limit).await,
             Txn::ReadOnly(t) => t.scan(start, end, limit).await,
+        }
+    }
+
+    /// A cluster-unique id (see [`ReadWriteTxn::unique_id`]); a read-only transaction, which
+    /// writes nothing, has no use for one and refuses.
+    pub async fn unique_id(&self) -> Result<i64> {
+        match self {
+            Txn::ReadWrite(t) => t.unique_id().await,
+            Txn::ReadOnly(_) => Err(read_only_write()),
         }
     }
 

@@ -62,6 +62,8 @@ pub struct Router {
     stats: RouterStats,
     /// Tablet services running in this process, called directly instead of over gRPC.
     local: LocalTablets,
+    /// The block of cluster-unique ids this router's clients hand out.
+    pub(crate) unique_ids: crate::unique_ids::UniqueIds,
 }
 
 /// The tablet services running in this process, by server: a request to one of them skips
@@ -199,6 +201,7 @@ impl Router {
             heartbeats: std::sync::OnceLock::new(),
             stats: RouterStats::default(),
             local,
+            unique_ids: Default::default(),
         })
     }
 

@@ -315,6 +315,14 @@ impl ReadWriteTxn {
         self.meta.priority
     }
 
+    /// A cluster-unique id ([`crate::unique_ids`]), reserved outside this transaction: it
+    /// stays unique whether this transaction commits or not.
+    pub async fn unique_id(&self) -> Result<i64, Error> {
+        crate::Client::with_router(self.router.clone())
+            .unique_id()
+            .await
+    }
+
     /// The value at `key`, as this transaction sees it (its own writes included); takes a
     /// shared lock on it.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {

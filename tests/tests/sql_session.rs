@@ -467,3 +467,38 @@ async fn statement_limits_refuse_what_could_exhaust_a_stack() {
     assert_eq!(query(&mut s, "SELECT 2").await, vec![vec![Datum::Int(2)]]);
     cluster.shutdown().await;
 }
+
+/// Hidden row ids come from the cluster's id counter: two gateways inserting into a table
+/// without a primary key, each past a block of ids, never produce the same id, and inserting
+/// costs no read.
+#[tokio::test]
+async fn hidden_row_ids_are_unique_across_gateways() {
+    let cluster = common::single_node().await;
+    let mut a = session(&cluster);
+    let mut b = session(&cluster);
+    a.execute("CREATE TABLE notes (body TEXT)").await.unwrap();
+    // Each gateway's second block starts after the other's first: interleave past a block.
+    let per_gateway = meridian_kv::unique_ids::BLOCK as usize + 10;
+    for (s, name) in [(&mut a, "a"), (&mut b, "b")] {
+        let rows: Vec<String> = (0..per_gateway).map(|i| format!("('{name}{i}')")).collect();
+        for chunk in rows.chunks(2_000) {
+            s.execute(&format!("INSERT INTO notes VALUES {}", chunk.join(",")))
+                .await
+                .unwrap();
+        }
+    }
+    a.execute("INSERT INTO notes VALUES ('last')")
+        .await
+        .unwrap();
+    let ids = query(&mut a, "SELECT rowid FROM notes").await;
+    let distinct: std::collections::BTreeSet<i64> = ids
+        .iter()
+        .map(|row| match row.as_slice() {
+            [Datum::Int(id)] => *id,
+            other => panic!("a row id row: {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 2 * per_gateway + 1);
+    assert_eq!(distinct.len(), ids.len(), "a row id repeated");
+    cluster.shutdown().await;
+}

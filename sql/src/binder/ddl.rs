@@ -184,7 +184,8 @@ pub fn bind_create_table(create: &ast::CreateTable) -> Result<(TableDesc, bool)>
             pk
         }
         None => {
-            // No declared key: a hidden INT8 row id, filled in on insert.
+            // No declared key: a hidden INT8 row id, filled in on insert from the cluster's
+            // unique-id counter (`meridian_kv::unique_ids`).
             let mut rowid_name = ROWID_COLUMN.to_string();
             while columns.iter().any(|c| c.name == rowid_name) {
                 rowid_name.push('_');

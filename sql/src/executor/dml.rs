@@ -13,9 +13,6 @@
 //! a statement happen before its writes, so `UPDATE t SET id = id + 1` succeeds whatever order
 //! the rows come in (set semantics).
 
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::scan::encode_table_row;
 use super::{run, ExecOutput};
 use crate::catalog::TableDesc;
@@ -157,28 +154,20 @@ async fn insert_row(table: &TableDesc, txn: &mut Txn, mut row: Row) -> Result<Ro
         .map(|(i, _)| i)
         .collect();
     check_not_null_except(table, &row, &generated)?;
-    loop {
-        for &i in &generated {
-            if let Some(slot) = row.get_mut(i) {
-                *slot = Datum::Int(unique_rowid());
-            }
+    for &i in &generated {
+        if let Some(slot) = row.get_mut(i) {
+            *slot = Datum::Int(txn.unique_id().await?);
         }
-        let (key, value) = encode_table_row(table, &row)?;
-        if generated.is_empty() {
-            return match txn.insert(key, value) {
-                Ok(()) => Ok(row),
-                Err(meridian_kv::Error::KeyExists { .. }) => Err(SqlError::UniqueViolation {
-                    table: table.name.clone(),
-                }),
-                Err(e) => Err(e.into()),
-            };
-        }
-        if txn.get(&key).await?.is_none() {
-            txn.put(key, value)?;
-            return Ok(row);
-        }
-        // A generated id that collides (another gateway, same millisecond and node bits) is
-        // drawn again rather than reported as a duplicate the user never wrote.
+    }
+    // Generated ids never repeat (they come from the cluster's id counter), so an existing key
+    // means the user wrote it: a duplicate either way, as with a PostgreSQL sequence.
+    let (key, value) = encode_table_row(table, &row)?;
+    match txn.insert(key, value) {
+        Ok(()) => Ok(row),
+        Err(meridian_kv::Error::KeyExists { .. }) => Err(SqlError::UniqueViolation {
+            table: table.name.clone(),
+        }),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -196,58 +185,4 @@ fn check_not_null_except(table: &TableDesc, row: &[Datum], except: &[usize]) -> 
         }
     }
     Ok(())
-}
-
-/// Milliseconds of the row id epoch (2025-01-01T00:00:00Z) since the Unix epoch.
-const ROWID_EPOCH_MS: u64 = 1_735_689_600_000;
-
-/// State of the row id generator: (last millisecond used, counter within it).
-static ROWID_STATE: Mutex<(u64, u64)> = Mutex::new((0, 0));
-
-/// A process-random 10-bit node id, so gateways rarely generate the same ids.
-fn rowid_node() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static NODE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *NODE.get_or_init(|| {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.finish() & 0x3FF
-    })
-}
-
-/// A unique, roughly time-ordered INT8 for hidden row ids, generated without coordination:
-/// 41 bits of milliseconds since 2025 (good until 2094), 10 bits of node id, 12 bits of counter
-/// (4096 ids per millisecond; past that the generator borrows from the next millisecond).
-pub fn unique_rowid() -> i64 {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .saturating_sub(ROWID_EPOCH_MS);
-    let mut state = ROWID_STATE.lock().unwrap_or_else(|p| p.into_inner());
-    let (last_ms, counter) = *state;
-    let (ms, counter) = if now_ms > last_ms {
-        (now_ms, 0)
-    } else if counter < 0xFFF {
-        (last_ms, counter + 1)
-    } else {
-        (last_ms + 1, 0)
-    };
-    *state = (ms, counter);
-    (((ms & ((1 << 41) - 1)) << 22) | (rowid_node() << 12) | counter) as i64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rowids_are_unique_and_increasing() {
-        let mut last = unique_rowid();
-        assert!(last > 0);
-        for _ in 0..10_000 {
-            let next = unique_rowid();
-            assert!(next > last);
-            last = next;
-        }
-    }
 }
