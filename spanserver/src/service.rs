@@ -191,11 +191,17 @@ fn serving_now(replica: &ReplicaShared, tt: &dyn TrueTime) -> bool {
 
 /// What `replica` knows now, as the read rules need it.
 fn read_state(replica: &ReplicaShared, tt: &dyn TrueTime) -> ReadState {
+    let leader = serving_now(replica, tt);
     ReadState {
-        leader: serving_now(replica, tt),
+        leader,
         max_applied: replica.max_applied_ts.load(Ordering::Acquire),
         min_prepared: replica.min_prepared_ts.load(Ordering::Acquire),
         split_floor: replica.split_floor.load(Ordering::Acquire),
+        lease_end: if leader {
+            replica.lease_expiration.load(Ordering::Acquire)
+        } else {
+            u64::MAX
+        },
     }
 }
 
@@ -227,6 +233,7 @@ async fn wait_safe(
             max_applied: replica.max_applied_ts.load(Ordering::Acquire),
             min_prepared: replica.min_prepared_ts.load(Ordering::Acquire),
             split_floor: u64::MAX,
+            lease_end: u64::MAX,
         };
         if reads::is_safe(ts, target, &state) {
             return Ok(());

@@ -10,6 +10,10 @@
 //! - **Read floor**: a leader serving a read at `t` first promises never to assign a timestamp
 //!   at or below `t` again (the floor), so only entries already assigned must apply: it waits for
 //!   `min(last assigned, t)`, not for `t`.
+//! - **Within the lease**: a leader serves (and raises its floor to) only timestamps below its
+//!   lease's end. The next leader's lease starts after that end has surely passed, and it
+//!   assigns timestamps above `now.latest`, so every read the old leader served stays below
+//!   whatever the new one writes: reads repeat across a leader change with no floor handed over.
 //! - **GC horizon**: versions older than [`GC_HORIZON`] may be collected, so reads below
 //!   `now.earliest - GC_HORIZON` are refused.
 //! - **The future**: a read above `now.latest + MAX_READ_AHEAD` is refused. Serving it would
@@ -52,6 +56,8 @@ pub struct ReadState {
     pub min_prepared: u64,
     /// A split in progress: no read above this may be served (`u64::MAX` if none).
     pub split_floor: u64,
+    /// When its lease ends, if it leads (`u64::MAX` otherwise).
+    pub lease_end: u64,
 }
 
 impl ReadState {
@@ -87,6 +93,8 @@ pub enum ReadRefusal {
     NotLeader,
     #[error("the tablet is splitting; retry")]
     Splitting,
+    #[error("read timestamp {ts} is at or past the end of the leader's lease; retry")]
+    PastLease { ts: u64 },
 }
 
 impl ReadRefusal {
@@ -120,6 +128,9 @@ pub fn plan_read(at: ReadAt, state: &ReadState, now: TtInterval) -> Result<ReadP
             }
             if state.leader && ts > state.split_floor {
                 return Err(ReadRefusal::Splitting);
+            }
+            if state.leader && ts >= state.lease_end {
+                return Err(ReadRefusal::PastLease { ts });
             }
             Ok(ReadPlan::Wait {
                 ts,
@@ -186,7 +197,8 @@ mod scenario {
     //! Scenario scripts in `testdata/reads/`. Commands (times take `s`, `ms` or `us` suffixes,
     //! `none` is "no such timestamp"):
     //! - `now at=T eps=E`: the clock reads `[T - E, T + E]`;
-    //! - `state leader=BOOL applied=T prepared=T|none split=T|none`: the replica's knowledge;
+    //! - `state leader=BOOL applied=T prepared=T|none split=T|none [lease=T|none]`: the
+    //!   replica's knowledge (`lease`, its lease's end, defaults to none);
     //! - `read at=T` | `read bounded=D` | `read latest`: [`plan_read`]'s answer;
     //! - `wait ts=T floor=BOOL assigned=T`: the applied target ([`applied_target`]) and whether
     //!   the read may be served now ([`is_safe`]), else why not.
@@ -241,6 +253,7 @@ mod scenario {
                     max_applied: 0,
                     min_prepared: u64::MAX,
                     split_floor: u64::MAX,
+                    lease_end: u64::MAX,
                 },
             }
         }
@@ -280,6 +293,10 @@ mod scenario {
                         max_applied: time("applied")?,
                         min_prepared: time("prepared")?,
                         split_floor: time("split")?,
+                        lease_end: match args.get("lease") {
+                            Some(_) => time("lease")?,
+                            None => u64::MAX,
+                        },
                     };
                     Ok(format!("safe {}\n", fmt_time(self.state.safe_ts())))
                 }

@@ -393,6 +393,8 @@ struct Replica {
     last_proposal: Instant,
     /// How many times the lock table was rebuilt (part of its epochs).
     lock_resets: u64,
+    /// The term the lock table was built for (0: none, not leading).
+    locks_term: u64,
     /// The leader lease as last applied.
     lease: Lease,
     /// When this replica last proposed a lease that has not applied yet.
@@ -469,6 +471,7 @@ impl Replica {
                 )));
             }
             self.locks.clear();
+            self.locks_term = 0;
             for (_, call) in self.waiting.drain() {
                 let _ = call
                     .reply
@@ -503,7 +506,20 @@ impl Replica {
     }
 
     /// A new leader's lock table: fresh epochs, and every prepared transaction's locks back.
+    ///
+    /// A leader whose lease lapsed and was renewed in the same term keeps its lock table: a
+    /// term has one leader, so nobody served in between, and the exclusive locks of commits it
+    /// already proposed (and the shared locks of transactions still reading) stand.
     fn start_serving(&mut self) {
+        if self.locks_term == self.group.term() {
+            tracing::info!(
+                group = self.group.id().0,
+                term = self.group.term(),
+                "serving as leader again: the lease is renewed, the lock table kept"
+            );
+            return;
+        }
+        self.locks_term = self.group.term();
         // Epochs must never repeat for this replica: a gateway compares them to detect locks
         // lost in between. Terms only grow, and resets within a term are counted.
         self.lock_resets += 1;
@@ -709,6 +725,7 @@ impl DriverLoop {
                 inquired: HashMap::new(),
                 last_proposal: Instant::now(),
                 lock_resets: 0,
+                locks_term: 0,
                 lease,
                 lease_proposed: None,
                 releasing: false,
