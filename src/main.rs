@@ -4,6 +4,7 @@
 //! - `meridian pd --data-dir DIR --listen HOST:PORT [--replicas N]` (replicas per tablet, default 3)
 //! - `meridian demo [--pg-port PORT] [--no-shell] [--master-bound-us N]`
 //! - `meridian sql --url postgresql://USER@HOST:PORT/DB [-e STATEMENT]`
+//! - `meridian cert create-ca | create-node HOST… | create-client USER --certs-dir DIR --ca-key FILE`
 
 mod bench;
 mod demo;
@@ -100,6 +101,11 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         master_bound_us: u64,
     },
+    /// Create the certificates of a secure cluster.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// TrueTime: run a time master or agent, or ask an agent for the time.
     Truetime {
         #[command(subcommand)]
@@ -118,6 +124,43 @@ enum Command {
         /// Run this statement (or `;`-separated statements) and exit.
         #[arg(short = 'e', long = "execute")]
         execute: Option<String>,
+    },
+}
+
+/// Where certificates go and which CA key signs them (every `cert` subcommand).
+#[derive(clap::Args)]
+struct CertDirs {
+    /// The certs directory (ca.crt, node.crt/node.key, client.USER.crt/client.USER.key).
+    #[arg(long)]
+    certs_dir: PathBuf,
+    /// The CA's private key, kept apart from the certs directory.
+    #[arg(long)]
+    ca_key: PathBuf,
+}
+
+// The subcommands' names are the contract (`create-ca`, `create-node`, `create-client`).
+#[allow(clippy::enum_variant_names)]
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Create the cluster's CA: CERTS_DIR/ca.crt and the key at --ca-key.
+    CreateCa {
+        #[command(flatten)]
+        dirs: CertDirs,
+    },
+    /// Create CERTS_DIR/node.crt and node.key, valid for the given host names and addresses.
+    CreateNode {
+        /// Host names and IP addresses the node is reached by.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        dirs: CertDirs,
+    },
+    /// Create CERTS_DIR/client.USER.crt and client.USER.key for the SQL user USER.
+    CreateClient {
+        /// The SQL user the certificate logs in as.
+        user: String,
+        #[command(flatten)]
+        dirs: CertDirs,
     },
 }
 
@@ -383,6 +426,21 @@ fn main() -> ExitCode {
             }
             Command::Bench { bench } => bench::run(bench).await,
             Command::Truetime { command } => truetime::run(command).await,
+            Command::Cert { command } => {
+                use meridian_security::certs;
+                match command {
+                    CertCommand::CreateCa { dirs } => {
+                        certs::create_ca(&dirs.certs_dir, &dirs.ca_key)
+                    }
+                    CertCommand::CreateNode { hosts, dirs } => {
+                        certs::create_node(&dirs.certs_dir, &dirs.ca_key, &hosts)
+                    }
+                    CertCommand::CreateClient { user, dirs } => {
+                        certs::create_client(&dirs.certs_dir, &dirs.ca_key, &user)
+                    }
+                }
+                .map_err(|e| e.to_string())
+            }
             Command::Sql { url, execute } => {
                 meridian_client::shell::run(meridian_client::shell::ShellOptions { url, execute })
                     .await

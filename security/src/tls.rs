@@ -1,0 +1,121 @@
+//! TLS configurations from a certs directory ([`crate::certs`]): what a server presents and
+//! which clients it trusts.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+use crate::certs::{CertError, CA_CERT, NODE_CERT, NODE_KEY};
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let found = CertificateDer::pem_file_iter(path)
+        .map_err(|e| CertError::Invalid(format!("{}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::Invalid(format!("{}: {e}", path.display())))?;
+    if found.is_empty() {
+        return Err(CertError::Invalid(format!(
+            "{}: no certificate in it",
+            path.display()
+        )));
+    }
+    Ok(found)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| CertError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// The CA of `certs_dir` as a root store.
+pub fn roots(certs_dir: &Path) -> Result<RootCertStore, CertError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(&certs_dir.join(CA_CERT))? {
+        roots
+            .add(cert)
+            .map_err(|e| CertError::Invalid(format!("{CA_CERT}: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// A server configuration presenting `node.crt`. Clients may present a certificate signed by
+/// the cluster's CA (checked here; whom it names is the caller's business) or none at all
+/// (they then log in with a password).
+pub fn server_config(certs_dir: &Path) -> Result<Arc<ServerConfig>, CertError> {
+    // ring rather than aws-lc-rs: no cmake and C toolchain build. Its provider lacks the
+    // post-quantum key exchange, hence the deprecation.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(certs_dir)?), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| CertError::Invalid(format!("client verifier: {e}")))?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CertError::Invalid(format!("TLS versions: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs(&certs_dir.join(NODE_CERT))?,
+            key(&certs_dir.join(NODE_KEY))?,
+        )
+        .map_err(|e| CertError::Invalid(format!("{NODE_CERT}/{NODE_KEY}: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs;
+
+    #[test]
+    fn a_new_cluster_ca_signs_node_and_client_certificates_that_verify() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs_dir = dir.path().join("certs");
+        let ca_key = dir.path().join("ca.key");
+        certs::create_ca(&certs_dir, &ca_key).expect("create the CA");
+        certs::create_node(
+            &certs_dir,
+            &ca_key,
+            &["localhost".into(), "127.0.0.1".into()],
+        )
+        .expect("create the node certificate");
+        certs::create_client(&certs_dir, &ca_key, "alice").expect("create a client certificate");
+        server_config(&certs_dir).expect("a server configuration from the certs");
+
+        // The chain verifies with OpenSSL too, where it is installed.
+        if let Ok(out) = std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(certs_dir.join(CA_CERT))
+            .arg(certs_dir.join(NODE_CERT))
+            .arg(certs_dir.join(certs::client_cert("alice")))
+            .output()
+        {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+
+        // Nothing is overwritten, and bad names are refused.
+        assert!(certs::create_ca(&certs_dir, &ca_key).is_err());
+        assert!(certs::create_node(&certs_dir, &ca_key, &["localhost".into()]).is_err());
+        assert!(certs::create_client(&certs_dir, &ca_key, "al/../ice").is_err());
+        assert!(certs::create_client(&certs_dir, &ca_key, "").is_err());
+        // A key file readable by its owner only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&ca_key)
+                .expect("ca.key")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "the CA key is private");
+        }
+    }
+}
