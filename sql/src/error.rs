@@ -143,6 +143,18 @@ pub enum SqlError {
     ObjectNotInPrerequisiteState(String),
 
     // ---- report a bug ----
+    /// The user may not do this (42501).
+    #[error("permission denied: {0}")]
+    InsufficientPrivilege(String),
+    /// A user (or other object) that does not exist (42704).
+    #[error("{0}")]
+    UndefinedObject(String),
+    /// A user (or other object) that exists already (42710).
+    #[error("{0}")]
+    DuplicateObject(String),
+    /// A name that is not allowed (42602).
+    #[error("{0}")]
+    InvalidName(String),
     /// A resource the statement needs ran out (54000).
     #[error("limit exceeded: {0}")]
     ProgramLimitExceeded(String),
@@ -162,6 +174,10 @@ impl SqlError {
             SqlError::StatementCompletionUnknown(_) => "40003",
             SqlError::ProgramLimitExceeded(_) => "54000",
             SqlError::StatementTooComplex(_) => "54001",
+            SqlError::InsufficientPrivilege(_) => "42501",
+            SqlError::UndefinedObject(_) => "42704",
+            SqlError::DuplicateObject(_) => "42710",
+            SqlError::InvalidName(_) => "42602",
             SqlError::Unavailable(_) => "58000",
             SqlError::Syntax(_) => "42601",
             SqlError::UndefinedTable(_) => "42P01",

@@ -51,6 +51,7 @@ pub mod server;
 pub mod session;
 pub mod timestamp;
 pub mod types;
+pub mod users;
 
 pub use error::SqlError;
 pub use server::serve;

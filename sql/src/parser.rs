@@ -7,7 +7,9 @@
 //!
 //! 1. `ALTER TABLE <name> SPLIT AT VALUES (…), …` → [`Statement::SplitAt`]: the name and the
 //!    `VALUES` list are parsed by sqlparser from the tokens around `SPLIT AT`;
-//! 2. otherwise, if it contains `AS OF SYSTEM TIME <value>` outside parentheses (after the
+//! 2. `CREATE USER` becomes `CREATE ROLE` (PostgreSQL's meaning; sqlparser reads the former
+//!    as Snowflake's statement);
+//! 3. otherwise, if it contains `AS OF SYSTEM TIME <value>` outside parentheses (after the
 //!    FROM clause's tables, before WHERE, as CockroachDB places it; or anywhere else at the top
 //!    level, such as the end of the statement or after BEGIN), that clause is cut out, its
 //!    value parsed ([`crate::timestamp::parse_as_of`]), and the rest handed to sqlparser:
@@ -124,6 +126,7 @@ fn parse_one(dialect: &PostgreSqlDialect, tokens: Vec<TokenWithSpan>) -> Result<
     if let Some(split) = parse_split_at(dialect, &tokens)? {
         return Ok(split);
     }
+    let tokens = create_user_as_role(tokens);
     let (tokens, as_of) = cut_as_of_system_time(tokens)?;
     let mut parsed = parser(dialect, tokens).parse_statements().map_err(syntax)?;
     match (parsed.pop(), parsed.is_empty()) {
@@ -137,6 +140,18 @@ fn parse_one(dialect: &PostgreSqlDialect, tokens: Vec<TokenWithSpan>) -> Result<
             "expected exactly one statement between semicolons".into(),
         )),
     }
+}
+
+/// `CREATE USER …` is PostgreSQL's `CREATE ROLE … LOGIN`; sqlparser parses the former in
+/// Snowflake's syntax, so the keyword is swapped for `ROLE` (every Meridian role may log in).
+fn create_user_as_role(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let sig = significant(&tokens);
+    if let (Some(&create), Some(&user)) = (sig.first(), sig.get(1)) {
+        if is_word(&tokens[create].token, "create") && is_word(&tokens[user].token, "user") {
+            tokens[user].token = Token::make_keyword("ROLE");
+        }
+    }
+    tokens
 }
 
 /// Whether `token` is the unquoted keyword `word` (any case).

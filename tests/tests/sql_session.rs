@@ -502,3 +502,62 @@ async fn hidden_row_ids_are_unique_across_gateways() {
     assert_eq!(distinct.len(), ids.len(), "a row id repeated");
     cluster.shutdown().await;
 }
+
+/// Users: administrators create, alter and drop them; passwords are stored as SCRAM
+/// verifiers; anyone else gets 42501, and root cannot be dropped or demoted.
+#[tokio::test]
+async fn user_ddl_is_for_administrators_and_stores_verifiers() {
+    let cluster = common::single_node().await;
+    let mut root = session(&cluster);
+    root.execute("CREATE USER alice WITH PASSWORD 'secret'")
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(&mut root, "CREATE USER alice WITH PASSWORD 'x'").await,
+        "42710"
+    );
+    root.execute("CREATE USER IF NOT EXISTS alice")
+        .await
+        .unwrap();
+    let stored = |cluster: &meridian_node::local::LocalCluster, name: &'static str| {
+        let client = cluster.kv_client(0);
+        async move {
+            let mut txn =
+                meridian_kv::Txn::from(client.begin_read_only(meridian_kv::ReadBound::Strong));
+            meridian_sql::users::get(&mut txn, name).await.unwrap()
+        }
+    };
+    let alice = stored(&cluster, "alice").await.expect("alice exists");
+    let verifier = alice.verifier().unwrap().expect("a password");
+    assert!(verifier.matches("secret") && !verifier.matches("Secret"));
+    assert!(!alice.admin);
+
+    let mut as_alice = session(&cluster);
+    as_alice.set_user("alice");
+    assert_eq!(error_code(&mut as_alice, "CREATE USER bob").await, "42501");
+    assert_eq!(error_code(&mut as_alice, "DROP USER alice").await, "42501");
+
+    root.execute("ALTER USER alice WITH PASSWORD 'other' SUPERUSER")
+        .await
+        .unwrap();
+    let alice = stored(&cluster, "alice").await.expect("alice exists");
+    assert!(alice.admin);
+    assert!(alice
+        .verifier()
+        .unwrap()
+        .expect("a password")
+        .matches("other"));
+    as_alice.execute("CREATE USER bob").await.unwrap();
+
+    assert_eq!(error_code(&mut root, "DROP USER root").await, "42501");
+    assert_eq!(
+        error_code(&mut root, "ALTER USER root WITH NOSUPERUSER").await,
+        "42501"
+    );
+    assert_eq!(error_code(&mut root, "DROP USER nobody").await, "42704");
+    root.execute("DROP USER IF EXISTS nobody").await.unwrap();
+    root.execute("DROP USER alice, bob").await.unwrap();
+    assert!(stored(&cluster, "alice").await.is_none());
+    assert!(stored(&cluster, "root").await.is_some_and(|r| r.admin));
+    cluster.shutdown().await;
+}

@@ -63,6 +63,7 @@
 //! `settings` (SET, RESET, SHOW).
 
 mod ddl;
+mod roles;
 mod settings;
 mod transaction;
 
@@ -128,6 +129,12 @@ pub enum CommandTag {
     Reset,
     /// `SHOW`
     Show,
+    /// `CREATE ROLE` (also for CREATE USER, as PostgreSQL answers)
+    CreateRole,
+    /// `ALTER ROLE`
+    AlterRole,
+    /// `DROP ROLE`
+    DropRole,
 }
 
 impl std::fmt::Display for CommandTag {
@@ -146,6 +153,9 @@ impl std::fmt::Display for CommandTag {
             CommandTag::Set => f.write_str("SET"),
             CommandTag::Reset => f.write_str("RESET"),
             CommandTag::Show => f.write_str("SHOW"),
+            CommandTag::CreateRole => f.write_str("CREATE ROLE"),
+            CommandTag::AlterRole => f.write_str("ALTER ROLE"),
+            CommandTag::DropRole => f.write_str("DROP ROLE"),
         }
     }
 }
@@ -267,9 +277,21 @@ pub struct Session {
     max_staleness: Option<Duration>,
     /// Other settings, as set (they change nothing).
     settings: BTreeMap<String, String>,
+    /// Who is logged in ([`crate::users::ROOT`] until the connection says otherwise).
+    user: String,
 }
 
 impl Session {
+    /// The user this session runs as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Runs the session as `user` (the connection's authenticated user).
+    pub fn set_user(&mut self, user: impl Into<String>) {
+        self.user = user.into();
+    }
+
     /// A new session in autocommit mode, with a schema cache of its own.
     pub fn new(store: Client) -> Session {
         let schema = SchemaCache::new(store.clone());
@@ -288,6 +310,7 @@ impl Session {
             default_read_only: false,
             max_staleness: None,
             settings: BTreeMap::new(),
+            user: crate::users::ROOT.to_string(),
         }
     }
 
@@ -438,6 +461,14 @@ impl Session {
                 self.check_ddl_allowed("DROP TABLE")?;
                 self.drop_tables(names, *if_exists).await
             }
+            ast::Statement::CreateRole(create) => self.create_role(create).await,
+            ast::Statement::AlterRole { name, operation } => self.alter_role(name, operation).await,
+            ast::Statement::Drop {
+                object_type: ast::ObjectType::Role | ast::ObjectType::User,
+                if_exists,
+                names,
+                ..
+            } => self.drop_roles(names, *if_exists).await,
             ast::Statement::ShowTables { .. } => self.show_tables().await,
             ast::Statement::ShowVariable { variable } => {
                 self.show(&settings::variable_name(variable))
@@ -561,6 +592,26 @@ fn coerce_param(value: Datum, ty: DataType) -> Result<Datum> {
             "parameter value {v:?} does not match type {}",
             ty.sql_name()
         ))),
+    }
+}
+
+/// Runs `attempt` (one whole transaction) until it succeeds or fails for good, running it
+/// again after a retryable abort (40001) up to [`MAX_AUTOCOMMIT_RETRIES`] times, with
+/// [`retry_backoff`] between tries.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_retryable() && tries < MAX_AUTOCOMMIT_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(retry_backoff(tries)).await;
+            }
+            other => return other,
+        }
     }
 }
 
