@@ -87,6 +87,13 @@ enum Command {
         /// Refuse read-write commits while ε exceeds this.
         #[arg(long, default_value_t = 20)]
         max_clock_epsilon_ms: u64,
+        /// Serve SQL securely: TLS with CERTS_DIR/node.crt, then a client certificate signed by
+        /// CERTS_DIR/ca.crt or a password (see `meridian cert`).
+        #[arg(long, conflicts_with = "insecure")]
+        certs_dir: Option<PathBuf>,
+        /// Serve SQL without TLS or passwords: anyone who reaches the port is any user.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run a local 3-zone cluster in this process, with a SQL prompt.
     Demo {
@@ -301,6 +308,31 @@ async fn wait_for_signal() {
     }
 }
 
+/// How `meridian start` admits SQL clients: `--certs-dir` or an explicit `--insecure`.
+fn sql_security(
+    certs_dir: Option<PathBuf>,
+    insecure: bool,
+) -> Result<meridian_node::SqlSecurity, String> {
+    match (certs_dir, insecure) {
+        (Some(dir), _) => {
+            let config = meridian_security::tls::server_config(&dir)
+                .map_err(|e| format!("--certs-dir {}: {e}", dir.display()))?;
+            tracing::info!(certs_dir = %dir.display(), "SQL clients need TLS and a client certificate or password");
+            tracing::warn!("traffic between servers (gRPC) is not yet encrypted or authenticated");
+            Ok(meridian_node::SqlSecurity::Secure(config))
+        }
+        (None, true) => {
+            tracing::warn!("running INSECURE (--insecure): SQL clients connect without TLS or a password, as any user");
+            Ok(meridian_node::SqlSecurity::Insecure)
+        }
+        (None, false) => Err(
+            "a server needs --certs-dir DIR (TLS and passwords; see `meridian cert`) \
+             or, to run without them, an explicit --insecure"
+                .into(),
+        ),
+    }
+}
+
 /// Why `meridian start` without a clock refuses to run.
 const NO_CLOCK: &str = "a spanserver needs a clock whose uncertainty is known: pass \
     --truetime HOST:PORT (the local truetime agent, which measures it), or --clock-epsilon-ms N \
@@ -367,6 +399,8 @@ fn main() -> ExitCode {
                 clock_epsilon_ms,
                 truetime,
                 max_clock_epsilon_ms,
+                certs_dir,
+                insecure,
             } => {
                 init_tracing("info");
                 let shutdown = shutdown_on_signals();
@@ -407,9 +441,11 @@ fn main() -> ExitCode {
                     ),
                     lease: meridian_spanserver::server::DEFAULT_LEASE,
                 };
+                let sql_security = sql_security(certs_dir, insecure)?;
                 let opts = meridian_node::NodeOptions {
                     server,
                     sql_listen: pg_listen,
+                    sql_security,
                     local: Default::default(),
                 };
                 meridian_node::run(opts, tt, shutdown, None)

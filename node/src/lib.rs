@@ -21,12 +21,17 @@ use meridian_truetime::TrueTime;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+/// How a node admits SQL clients (re-exported for the binary's flags).
+pub use meridian_sql::Security as SqlSecurity;
+
 /// What a node needs to start: the tablet server's options and where to serve SQL.
 #[derive(Clone)]
 pub struct NodeOptions {
     pub server: ServerOptions,
     /// PostgreSQL wire-protocol address.
     pub sql_listen: SocketAddr,
+    /// Who may open a SQL connection (TLS and passwords, or neither).
+    pub sql_security: meridian_sql::Security,
     /// The tablet services running in this process (this node's own is added once it serves),
     /// which the node's KV client calls in-process. Nodes of one local cluster share it.
     pub local: LocalTablets,
@@ -132,9 +137,14 @@ pub async fn run(
     let tablet: Arc<dyn TabletService> = server_addrs.tablet.clone();
     opts.local.write().insert(server_id, tablet);
     let mut sql_shutdown = shutdown.clone();
-    let sql = tokio::spawn(meridian_sql::serve(sql_listener, kv, async move {
-        let _ = sql_shutdown.wait_for(|s| *s).await;
-    }));
+    let sql = tokio::spawn(meridian_sql::serve(
+        sql_listener,
+        kv,
+        opts.sql_security.clone(),
+        async move {
+            let _ = sql_shutdown.wait_for(|s| *s).await;
+        },
+    ));
     if let Some(b) = bound {
         let _ = b.send(NodeAddrs {
             grpc: server_addrs.grpc,

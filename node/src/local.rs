@@ -163,6 +163,7 @@ impl LocalCluster {
         let config = &self.configs[i];
         let id = i as u64 + 1;
         let opts = NodeOptions {
+            sql_security: meridian_sql::Security::Insecure,
             server: ServerOptions {
                 id,
                 zone: config.zone.clone(),

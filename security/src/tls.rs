@@ -30,6 +30,13 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
         .map_err(|e| CertError::Invalid(format!("{}: {e}", path.display())))
 }
 
+/// The common name of the subject of the DER certificate `der`, if it has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = cert.subject().iter_common_name().next()?;
+    name.as_str().ok().map(str::to_string)
+}
+
 /// The CA of `certs_dir` as a root store.
 pub fn roots(certs_dir: &Path) -> Result<RootCertStore, CertError> {
     let mut roots = RootCertStore::empty();

@@ -54,7 +54,7 @@ pub mod types;
 pub mod users;
 
 pub use error::SqlError;
-pub use server::serve;
+pub use server::{serve, Security};
 
 pub use session::{Session, StatementResult, TransactionStatus};
 pub use types::{DataType, Datum};

@@ -13,6 +13,7 @@
 
 mod bank;
 mod hostile;
+mod secure;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;

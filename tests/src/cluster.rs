@@ -11,8 +11,11 @@
 //! <tempdir>/pd/   pd.log      meridian pd --data-dir <tempdir>/pd --listen 127.0.0.1:P
 //! <tempdir>/s1/   s1.log      meridian start --id 1 --zone zone-a --data-dir <tempdir>/s1
 //! <tempdir>/s2/   s2.log          --listen 127.0.0.1:L1 --pg-listen 127.0.0.1:Q1 --pd 127.0.0.1:P
-//! …                               --truetime 127.0.0.1:A
+//! …                               --truetime 127.0.0.1:A --insecure
 //! ```
+//!
+//! With [`ClusterOptions::certs_dir`] the servers run `--certs-dir DIR` instead of
+//! `--insecure`.
 //!
 //! The time master and agent run for the cluster's life (server faults leave them alone), so
 //! every server measures its clock's uncertainty as in production.
@@ -66,6 +69,9 @@ pub struct ClusterOptions {
     /// How long starting the placement driver waits for its port (default
     /// [`PD_LISTEN_TIMEOUT`]).
     pub pd_listen_timeout: Duration,
+    /// Serve SQL securely with this certs directory (`--certs-dir`); `None` (the default)
+    /// runs `--insecure`.
+    pub certs_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -73,6 +79,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             servers: 3,
             pd_listen_timeout: PD_LISTEN_TIMEOUT,
+            certs_dir: None,
         }
     }
 }
@@ -230,7 +237,13 @@ impl Cluster {
                         pd_listen.to_string().into(),
                         "--truetime".into(),
                         agent_listen.to_string().into(),
-                    ]),
+                    ])
+                    .into_iter()
+                    .chain(match &options.certs_dir {
+                        Some(dir) => vec!["--certs-dir".into(), dir.clone().into_os_string()],
+                        None => vec!["--insecure".into()],
+                    })
+                    .collect(),
                     dir.path().join(format!("{name}.log")),
                 );
                 Server {

@@ -67,6 +67,7 @@ fn fake_cluster(bin: &Path, servers: usize) -> Cluster {
     let options = ClusterOptions {
         servers,
         pd_listen_timeout: Duration::ZERO,
+        certs_dir: None,
     };
     Cluster::start_with(bin, options)
 }
@@ -101,7 +102,7 @@ async fn cluster_follows_the_command_line_contract_and_cleans_up() {
     for index in 0..3 {
         assert!(cluster.is_running(index));
         let expected = format!(
-            "fake meridian start --id {} --zone {} --data-dir {} --listen {} --pg-listen {} --pd {pd} --truetime {}",
+            "fake meridian start --id {} --zone {} --data-dir {} --listen {} --pg-listen {} --pd {pd} --truetime {} --insecure",
             index + 1,
             ["zone-a", "zone-b", "zone-c"][index],
             dir.join(format!("s{}", index + 1)).display(),

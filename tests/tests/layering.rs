@@ -9,6 +9,7 @@ use std::process::Command;
 /// dependencies; dev-dependencies are for its own tests).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("meridian-common", &[]),
+    ("meridian-security", &[]),
     ("meridian-proto", &[]),
     ("meridian-truetime", &[]),
     (
@@ -25,7 +26,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "meridian-sql",
-        &["meridian-common", "meridian-kv", "meridian-truetime"],
+        &[
+            "meridian-common",
+            "meridian-kv",
+            "meridian-security",
+            "meridian-truetime",
+        ],
     ),
     ("meridian-pd", &["meridian-common", "meridian-proto"]),
     ("meridian-client", &["meridian-common", "meridian-proto"]),
@@ -54,6 +60,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "meridian-node",
             "meridian-pd",
             "meridian-proto",
+            "meridian-security",
             "meridian-spanserver",
             "meridian-truetime",
             "meridian-truetime-daemon",

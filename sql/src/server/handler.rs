@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::{stream, Sink, SinkExt};
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
 use std::ops::Deref;
 
@@ -37,6 +36,7 @@ use pgwire::messages::simplequery::Query;
 use pgwire::messages::PgWireBackendMessage;
 use tokio::sync::Mutex;
 
+use super::auth::{Gatekeeper, Startup};
 use super::codec;
 use crate::error::SqlError;
 use crate::plan::OutputColumn;
@@ -71,6 +71,11 @@ impl Connection {
         }
     }
 
+    /// Runs the session as `user`, who has just logged in.
+    pub async fn set_user(&self, user: &str) {
+        self.session.lock().await.set_user(user);
+    }
+
     /// Ends the session (rolls back an open transaction).
     pub async fn close(&self) {
         self.session.lock().await.close().await;
@@ -85,25 +90,36 @@ impl Connection {
     }
 }
 
-/// The handler set pgwire asks for; every handler is the connection itself.
-pub struct Handlers(pub Arc<Connection>);
+/// The handler set pgwire asks for: the connection itself for queries, and its
+/// [`Startup`] for logging in.
+pub struct Handlers {
+    pub conn: Arc<Connection>,
+    pub startup: Arc<Startup>,
+}
 
-impl PgWireServerHandlers for Handlers {
-    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.0.clone()
-    }
-
-    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.0.clone()
-    }
-
-    fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.0.clone()
+impl Handlers {
+    pub fn new(conn: Arc<Connection>, gate: Arc<Gatekeeper>) -> Handlers {
+        let startup = Arc::new(Startup {
+            gate,
+            conn: conn.clone(),
+        });
+        Handlers { conn, startup }
     }
 }
 
-/// No authentication yet: any user, no password.
-impl NoopStartupHandler for Connection {}
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.conn.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.conn.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+}
 
 fn user_error(e: SqlError) -> PgWireError {
     PgWireError::UserError(Box::new(error_info(&e)))

@@ -7,8 +7,8 @@
 //!
 //! Protocol support:
 //!
-//! - startup without authentication (any user, no password) and without TLS: an SSLRequest is
-//!   answered `N`, and clients continue in plain text;
+//! - startup as [`auth`] describes: insecure (any user, no password, an SSLRequest answered
+//!   `N`) or secure (TLS required, then a client certificate or a SCRAM-SHA-256 password);
 //! - the simple query protocol, several statements per query string (each runs on its own, in
 //!   order, stopping at the first error);
 //! - the extended protocol: Parse binds the statement against the catalog to infer parameter
@@ -22,8 +22,11 @@
 //!
 //! Not supported: COPY, cancel requests, the `pg_catalog` tables psql's `\d` commands query.
 
+pub mod auth;
 mod codec;
 mod handler;
+
+pub use auth::Security;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ use tracing::Instrument;
 
 use crate::schema::SchemaCache;
 use crate::session::Session;
+use auth::Gatekeeper;
 use meridian_kv::Client;
 
 /// The most connections served at once; further clients wait in the accept queue.
@@ -46,8 +50,11 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub async fn serve(
     listener: TcpListener,
     store: Client,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let gate = Gatekeeper::new(&security, store.clone());
+    let acceptor = security.acceptor();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // One schema cache for every connection of this gateway.
     let schema = SchemaCache::new(store.clone());
@@ -80,14 +87,15 @@ pub async fn serve(
         let session = Session::with_schema(store.clone(), schema.clone());
         let connection = Arc::new(handler::Connection::new(session));
         let mut stop = stop_tx.subscribe();
+        let (gate, acceptor) = (gate.clone(), acceptor.clone());
         let span = tracing::info_span!("pg_connection", %peer);
         tasks.spawn(
             async move {
                 let _permit = permit;
                 tracing::debug!("connection opened");
-                let handlers = handler::Handlers(connection.clone());
+                let handlers = handler::Handlers::new(connection.clone(), gate);
                 tokio::select! {
-                    result = pgwire::tokio::process_socket(socket, None, handlers) => {
+                    result = pgwire::tokio::process_socket(socket, acceptor, handlers) => {
                         if let Err(error) = result {
                             tracing::debug!(%error, "connection ended with an error");
                         }

@@ -1,0 +1,156 @@
+//! A secure cluster (`--certs-dir`) through psql: certificates from `meridian cert`, TLS with
+//! `sslmode=verify-full`, root by client certificate, a user by SCRAM password; a wrong
+//! password, a plain-text connection and a non-administrator's user DDL are refused.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use meridian_tests::{find_on_path, retry_until, Cluster, ClusterOptions};
+
+use super::{meridian, READY_TIMEOUT};
+
+fn cert(args: &[&str], certs: &Path, ca_key: &Path) {
+    let out = std::process::Command::new(meridian())
+        .arg("cert")
+        .args(args)
+        .arg("--certs-dir")
+        .arg(certs)
+        .arg("--ca-key")
+        .arg(ca_key)
+        .output()
+        .expect("run meridian cert");
+    assert!(
+        out.status.success(),
+        "meridian cert {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `sql` with psql; `conninfo` is a libpq connection string.
+async fn psql(psql: &Path, conninfo: &str, password: Option<&str>, sql: &str) -> Output {
+    let mut command = tokio::process::Command::new(psql);
+    command
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ])
+        .env_remove("PGPASSWORD")
+        .kill_on_drop(true);
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("psql finished")
+        .expect("run psql")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn secure_cluster_needs_tls_and_a_certificate_or_password() {
+    let Some(psql_bin) = find_on_path("psql") else {
+        panic!("psql is required (scripts/setup installs postgresql-client)");
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (certs, ca_key) = (dir.path().join("certs"), dir.path().join("ca.key"));
+    cert(&["create-ca"], &certs, &ca_key);
+    cert(&["create-node", "localhost", "127.0.0.1"], &certs, &ca_key);
+    cert(&["create-client", "root"], &certs, &ca_key);
+
+    let cluster = Cluster::start_with(
+        meridian(),
+        ClusterOptions {
+            certs_dir: Some(certs.clone()),
+            ..ClusterOptions::default()
+        },
+    );
+    let port = cluster.pg_addr(0).port();
+    let ca = certs.join("ca.crt").display().to_string();
+    let base = format!("host=localhost port={port} dbname=meridian sslrootcert={ca}");
+    let as_root = format!(
+        "{base} user=root sslmode=verify-full sslcert={} sslkey={}",
+        certs.join("client.root.crt").display(),
+        certs.join("client.root.key").display()
+    );
+    // Root logs in with its certificate once the cluster serves SQL.
+    retry_until(READY_TIMEOUT, || async {
+        let out = psql(&psql_bin, &as_root, None, "SHOW TABLES").await;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text(&out))
+        }
+    })
+    .await
+    .expect("root logs in over verify-full TLS with its client certificate");
+
+    let out = psql(
+        &psql_bin,
+        &as_root,
+        None,
+        "CREATE USER alice WITH PASSWORD 'correct horse'",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let as_alice = format!("{base} user=alice sslmode=verify-full");
+    let out = psql(&psql_bin, &as_alice, Some("correct horse"), "SELECT 40 + 2").await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+
+    // A wrong password, no TLS, and user DDL by a non-administrator are each refused.
+    let out = psql(&psql_bin, &as_alice, Some("wrong"), "SELECT 1").await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .to_lowercase()
+            .contains("password authentication failed"),
+        "{}",
+        text(&out)
+    );
+
+    let plain = format!("host=127.0.0.1 port={port} dbname=meridian user=alice sslmode=disable");
+    let out = psql(&psql_bin, &plain, Some("correct horse"), "SELECT 1").await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("TLS"), "{}", text(&out));
+
+    let out = psql(
+        &psql_bin,
+        &as_alice,
+        Some("correct horse"),
+        "CREATE USER mallory",
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("permission denied"), "{}", text(&out));
+
+    // A certificate names one user only: root's does not log in as alice.
+    let alice_with_roots_cert = format!(
+        "{base} user=alice sslmode=verify-full sslcert={} sslkey={}",
+        certs.join("client.root.crt").display(),
+        certs.join("client.root.key").display()
+    );
+    let out = psql(&psql_bin, &alice_with_roots_cert, None, "SELECT 1").await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("certificate is for root"),
+        "{}",
+        text(&out)
+    );
+    drop(cluster);
+}
