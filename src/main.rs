@@ -2,6 +2,7 @@
 //!
 //! - `meridian start --id N --zone ZONE --data-dir DIR --listen HOST:PORT --pg-listen HOST:PORT --pd HOST:PORT[,HOST:PORT…]`
 //! - `meridian pd --data-dir DIR --listen HOST:PORT [--replicas N]` (replicas per tablet, default 3)
+//! - every server process takes `--certs-dir DIR` (mutual TLS; SQL logins) or `--insecure`
 //! - `meridian demo [--pg-port PORT] [--no-shell] [--master-bound-us N]`
 //! - `meridian sql --url postgresql://USER@HOST:PORT/DB [-e STATEMENT]`
 //! - `meridian cert create-ca | create-node HOST… | create-client USER --certs-dir DIR --ca-key FILE`
@@ -44,6 +45,8 @@ enum Command {
         /// registered.
         #[arg(long, default_value_t = meridian_pd::service::REPLICATION_FACTOR)]
         replicas: usize,
+        #[command(flatten)]
+        security: SecurityArgs,
     },
     /// Run a spanserver.
     Start {
@@ -87,13 +90,10 @@ enum Command {
         /// Refuse read-write commits while ε exceeds this.
         #[arg(long, default_value_t = 20)]
         max_clock_epsilon_ms: u64,
-        /// Serve SQL securely: TLS with CERTS_DIR/node.crt, then a client certificate signed by
-        /// CERTS_DIR/ca.crt or a password (see `meridian cert`).
-        #[arg(long, conflicts_with = "insecure")]
-        certs_dir: Option<PathBuf>,
-        /// Serve SQL without TLS or passwords: anyone who reaches the port is any user.
-        #[arg(long)]
-        insecure: bool,
+        /// With --certs-dir, SQL clients also need TLS, then a client certificate signed by
+        /// CA or a password.
+        #[command(flatten)]
+        security: SecurityArgs,
     },
     /// Run a local 3-zone cluster in this process, with a SQL prompt.
     Demo {
@@ -132,6 +132,41 @@ enum Command {
         #[arg(short = 'e', long = "execute")]
         execute: Option<String>,
     },
+}
+
+/// How a server process secures its connections (`start`, `pd`, `truetime master|agent`):
+/// `--certs-dir` or an explicit `--insecure`.
+#[derive(clap::Args, Clone)]
+struct SecurityArgs {
+    /// Secure every connection with the certificates here (see `meridian cert`): gRPC between
+    /// processes is mutual TLS with node.crt, trusting only ca.crt.
+    #[arg(long, conflicts_with = "insecure")]
+    certs_dir: Option<PathBuf>,
+    /// Run without TLS or authentication: anyone who reaches a port is trusted.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl SecurityArgs {
+    /// Installs the TLS identity, or logs that there is none; refuses neither flag.
+    fn apply(&self, what: &str) -> Result<Option<PathBuf>, String> {
+        match (&self.certs_dir, self.insecure) {
+            (Some(dir), _) => {
+                meridian_proto::tls::install(dir)
+                    .map_err(|e| format!("--certs-dir {}: {e}", dir.display()))?;
+                tracing::info!(certs_dir = %dir.display(), "gRPC is mutual TLS");
+                Ok(Some(dir.clone()))
+            }
+            (None, true) => {
+                tracing::warn!("running INSECURE (--insecure): no TLS, no authentication");
+                Ok(None)
+            }
+            (None, false) => Err(format!(
+                "{what} needs --certs-dir DIR (TLS; see `meridian cert`) or, to run without it, \
+                 an explicit --insecure"
+            )),
+        }
+    }
 }
 
 /// Where certificates go and which CA key signs them (every `cert` subcommand).
@@ -190,6 +225,8 @@ enum TruetimeCommand {
         /// Serve Prometheus metrics (/metrics) and /health over HTTP here.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        security: SecurityArgs,
     },
     /// The per-machine daemon: polls masters, serves intervals to local servers.
     Agent {
@@ -211,6 +248,8 @@ enum TruetimeCommand {
         /// Serve Prometheus metrics (/metrics) and /health over HTTP here.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        security: SecurityArgs,
     },
     /// Print an agent's current interval.
     Now {
@@ -220,6 +259,9 @@ enum TruetimeCommand {
         /// Print exactly {"earliest_ns": …, "latest_ns": …, "epsilon_ns": …, "status": "…"}.
         #[arg(long)]
         json: bool,
+        /// Connect with the node certificate here (to an agent run with --certs-dir).
+        #[arg(long)]
+        certs_dir: Option<PathBuf>,
     },
 }
 
@@ -308,28 +350,16 @@ async fn wait_for_signal() {
     }
 }
 
-/// How `meridian start` admits SQL clients: `--certs-dir` or an explicit `--insecure`.
-fn sql_security(
-    certs_dir: Option<PathBuf>,
-    insecure: bool,
-) -> Result<meridian_node::SqlSecurity, String> {
-    match (certs_dir, insecure) {
-        (Some(dir), _) => {
+/// How `meridian start` admits SQL clients: with the certs directory, TLS and a client
+/// certificate or password; without one (`--insecure`), anyone.
+fn sql_security(certs_dir: Option<PathBuf>) -> Result<meridian_node::SqlSecurity, String> {
+    match certs_dir {
+        Some(dir) => {
             let config = meridian_security::tls::server_config(&dir)
                 .map_err(|e| format!("--certs-dir {}: {e}", dir.display()))?;
-            tracing::info!(certs_dir = %dir.display(), "SQL clients need TLS and a client certificate or password");
-            tracing::warn!("traffic between servers (gRPC) is not yet encrypted or authenticated");
             Ok(meridian_node::SqlSecurity::Secure(config))
         }
-        (None, true) => {
-            tracing::warn!("running INSECURE (--insecure): SQL clients connect without TLS or a password, as any user");
-            Ok(meridian_node::SqlSecurity::Insecure)
-        }
-        (None, false) => Err(
-            "a server needs --certs-dir DIR (TLS and passwords; see `meridian cert`) \
-             or, to run without them, an explicit --insecure"
-                .into(),
-        ),
+        None => Ok(meridian_node::SqlSecurity::Insecure),
     }
 }
 
@@ -374,8 +404,10 @@ fn main() -> ExitCode {
                 data_dir,
                 listen,
                 replicas,
+                security,
             } => {
                 init_tracing("info");
+                security.apply("a placement driver")?;
                 let shutdown = shutdown_on_signals();
                 let opts = meridian_pd::PdOptions {
                     data_dir,
@@ -399,10 +431,11 @@ fn main() -> ExitCode {
                 clock_epsilon_ms,
                 truetime,
                 max_clock_epsilon_ms,
-                certs_dir,
-                insecure,
+                security,
             } => {
                 init_tracing("info");
+                // Before the clock: the truetime agent may speak TLS only.
+                let certs_dir = security.apply("a spanserver")?;
                 let shutdown = shutdown_on_signals();
                 let max_epsilon = Duration::from_millis(max_clock_epsilon_ms);
                 let tt: Arc<dyn TrueTime> = match (truetime, clock_epsilon_ms) {
@@ -441,7 +474,7 @@ fn main() -> ExitCode {
                     ),
                     lease: meridian_spanserver::server::DEFAULT_LEASE,
                 };
-                let sql_security = sql_security(certs_dir, insecure)?;
+                let sql_security = sql_security(certs_dir)?;
                 let opts = meridian_node::NodeOptions {
                     server,
                     sql_listen: pg_listen,

@@ -43,8 +43,10 @@ pub async fn run(command: TruetimeCommand) -> Result<(), String> {
             inject_offset_ms,
             inject_drift_ppm,
             metrics_listen,
+            security,
         } => {
             crate::init_tracing("info");
+            security.apply("a time master")?;
             let shutdown = crate::shutdown_on_signals();
             let base = SystemClockSource::new(Duration::from_micros(error_bound_us));
             let source: Arc<dyn ClockSource> = if inject_offset_ms != 0 || inject_drift_ppm != 0 {
@@ -80,8 +82,10 @@ pub async fn run(command: TruetimeCommand) -> Result<(), String> {
             drift_ppm,
             max_epsilon_ms,
             metrics_listen,
+            security,
         } => {
             crate::init_tracing("info");
+            security.apply("a time agent")?;
             let shutdown = crate::shutdown_on_signals();
             let registry = prometheus::Registry::new();
             let metrics = AgentMetrics::new(&registry).map_err(|e| e.to_string())?;
@@ -97,11 +101,19 @@ pub async fn run(command: TruetimeCommand) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())
         }
-        TruetimeCommand::Now { agent, json } => {
-            let mut client =
-                meridian_proto::limited!(TimeAgentClient::connect(format!("http://{agent}"))
-                    .await
-                    .map_err(|e| format!("cannot reach the agent at {agent}: {e}"))?);
+        TruetimeCommand::Now {
+            agent,
+            json,
+            certs_dir,
+        } => {
+            if let Some(dir) = certs_dir {
+                meridian_proto::tls::install(&dir)
+                    .map_err(|e| format!("--certs-dir {}: {e}", dir.display()))?;
+            }
+            let channel = meridian_proto::tls::connect(&agent)
+                .await
+                .map_err(|e| format!("cannot reach the agent at {agent}: {e}"))?;
+            let mut client = meridian_proto::limited!(TimeAgentClient::new(channel));
             let r = client
                 .now(meridian_proto::AgentNowRequest {})
                 .await

@@ -22,7 +22,7 @@ use meridian_proto::tablet_client::TabletClient;
 use meridian_proto::tablet_error::Kind;
 use meridian_truetime::TrueTime;
 use parking_lot::{Mutex, RwLock};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use meridian_common::{GroupId, KeyRange, ServerId};
 
@@ -210,7 +210,7 @@ impl Router {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = meridian_proto::tls::endpoint(addr)
             .map_err(|e| Error::Internal(format!("bad address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
@@ -733,7 +733,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("bind")
             .port();
-        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
             .expect("endpoint")
             .connect_lazy();
         let status = TabletClient::new(channel)

@@ -201,7 +201,7 @@ impl Pd {
             };
             tasks.push(tokio::spawn(async move {
                 let call = async {
-                    let mut client = meridian_proto::limited!(TabletClient::connect(format!("http://{addr}")).await.map_err(|e| e.to_string())?);
+                    let mut client = meridian_proto::limited!(TabletClient::new(meridian_proto::tls::connect(&addr).await.map_err(|e| e.to_string())?));
                     client.create_replica(desc).await.map_err(|e| e.to_string())?;
                     Ok::<(), String>(())
                 };
@@ -270,10 +270,9 @@ impl Pd {
                 continue;
             };
             let call = async {
-                let mut client =
-                    meridian_proto::limited!(TabletClient::connect(format!("http://{addr}"))
-                        .await
-                        .ok()?);
+                let mut client = meridian_proto::limited!(TabletClient::new(
+                    meridian_proto::tls::connect(addr).await.ok()?
+                ));
                 client
                     .split(pb::SplitRequest {
                         group_id: tablet.group,
@@ -555,7 +554,7 @@ pub async fn run(
     if let Some(b) = bound {
         let _ = b.send(addr);
     }
-    tonic::transport::Server::builder()
+    meridian_proto::tls::server()
         .add_service(meridian_proto::limited!(
             pb::placement_driver_server::PlacementDriverServer::new(pd)
         ))

@@ -8,6 +8,8 @@
 
 tonic::include_proto!("meridian");
 
+pub mod tls;
+
 /// Accepted connections of `listener` with `TCP_NODELAY` set, for
 /// `Server::serve_with_incoming*`. (tonic's `Server::tcp_nodelay` applies only to listeners it
 /// binds itself.) Without it, Nagle's algorithm and delayed ACKs hold small replies back for

@@ -1,6 +1,7 @@
 //! The certificates of a secure cluster, laid out as CockroachDB lays them out. A certs
 //! directory holds `ca.crt` (the cluster's CA), `node.crt`/`node.key` (a server's identity,
-//! valid for the host names and addresses it is reached by, usable as server and client), and
+//! valid for the host names and addresses it is reached by and for the name `node`, usable as
+//! server and client), and
 //! `client.USER.crt`/`client.USER.key` (a SQL user's, whose common name is the user). The CA's
 //! private key lives apart from the certs directory (`--ca-key`), on the machine that signs.
 //!
@@ -22,6 +23,9 @@ pub const CA_CERT: &str = "ca.crt";
 /// The node certificate and key file names.
 pub const NODE_CERT: &str = "node.crt";
 pub const NODE_KEY: &str = "node.key";
+
+/// The name in every node certificate that servers verify when they call each other.
+pub const NODE_NAME: &str = "node";
 
 /// How long a CA certificate is valid (10 years, as CockroachDB's).
 const CA_LIFETIME_DAYS: i64 = 3653;
@@ -128,7 +132,13 @@ pub fn create_node(certs_dir: &Path, ca_key: &Path, hosts: &[String]) -> Result<
     }
     let issuer = issuer(certs_dir, ca_key)?;
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(hosts.to_vec())?;
+    // Besides its hosts, every node certificate names `node`, the name servers check when
+    // they call each other (`meridian_proto::tls::NODE_NAME`).
+    let mut names = hosts.to_vec();
+    if !names.iter().any(|h| h == NODE_NAME) {
+        names.push(NODE_NAME.to_string());
+    }
+    let mut params = CertificateParams::new(names)?;
     params.distinguished_name = name("node");
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,

@@ -179,7 +179,7 @@ pub async fn run(
     };
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        meridian_proto::tls::server()
             .tcp_nodelay(true)
             .add_service(meridian_proto::limited!(
                 pb::tablet_server::TabletServer::new(tablet_service.clone())
@@ -312,8 +312,8 @@ async fn heartbeat_loop(
             return;
         }
         let addr = &pd[pd_index % pd.len()];
-        let mut client = match PlacementDriverClient::connect(format!("http://{addr}")).await {
-            Ok(c) => meridian_proto::limited!(c),
+        let mut client = match meridian_proto::tls::connect(addr).await {
+            Ok(c) => meridian_proto::limited!(PlacementDriverClient::new(c)),
             Err(e) => {
                 tracing::debug!(pd = %addr, error = %e, "placement driver unreachable");
                 pd_index += 1;

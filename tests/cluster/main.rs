@@ -621,7 +621,7 @@ async fn start_refuses_to_run_without_a_measured_or_declared_clock() {
             .args(["start", "--id", "1", "--zone", "zone-a", "--data-dir"])
             .arg(dir.path())
             .args(["--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0"])
-            .args(["--pd", "127.0.0.1:1"])
+            .args(["--pd", "127.0.0.1:1", "--insecure"])
             .args(extra)
             .kill_on_drop(true);
         async move {
@@ -644,4 +644,20 @@ async fn start_refuses_to_run_without_a_measured_or_declared_clock() {
     );
     let (ok, stderr) = run(&["--clock-epsilon-ms", "5", "--truetime", "127.0.0.1:1"]).await;
     assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
+    // Nor does it run without saying how it is secured.
+    let mut bare = tokio::process::Command::new(meridian());
+    bare.args(["start", "--id", "1", "--zone", "zone-a", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0"])
+        .args(["--pd", "127.0.0.1:1", "--clock-epsilon-ms", "5"])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(SHUTDOWN_TIMEOUT, bare.output())
+        .await
+        .expect("start refuses promptly")
+        .expect("run meridian start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("--insecure"),
+        "{stderr}"
+    );
 }

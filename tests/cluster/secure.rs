@@ -1,12 +1,16 @@
 //! A secure cluster (`--certs-dir`) through psql: certificates from `meridian cert`, TLS with
 //! `sslmode=verify-full`, root by client certificate, a user by SCRAM password; a wrong
-//! password, a plain-text connection and a non-administrator's user DDL are refused.
+//! password, a plain-text connection and a non-administrator's user DDL are refused; and no
+//! gRPC call without a node certificate reaches a server (the cluster itself works, so its
+//! processes do reach one another over mutual TLS).
 
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use meridian_proto as pb;
 use meridian_tests::{find_on_path, retry_until, Cluster, ClusterOptions};
+use pb::tablet_client::TabletClient;
 
 use super::{meridian, READY_TIMEOUT};
 
@@ -152,5 +156,54 @@ async fn secure_cluster_needs_tls_and_a_certificate_or_password() {
         "{}",
         text(&out)
     );
+
+    // gRPC: a caller without a node certificate reaches no service, in plain text or in TLS
+    // that trusts the CA but presents no certificate of its own.
+    let ca_pem = std::fs::read(certs.join("ca.crt")).expect("ca.crt");
+    for index in 0..cluster.len() {
+        let addr = cluster.server_addr(index);
+        let plain = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut client = TabletClient::connect(format!("http://{addr}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            client
+                .txn(pb::TxnRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string())
+        })
+        .await
+        .expect("the server answers or hangs up");
+        assert!(
+            plain.is_err(),
+            "a plain-text call to server {} went through",
+            index + 1
+        );
+
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem.clone()))
+            .domain_name("node");
+        let anonymous = tokio::time::timeout(Duration::from_secs(10), async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .map_err(|e| e.to_string())?
+                .tls_config(tls)
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            TabletClient::new(channel)
+                .txn(pb::TxnRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string())
+        })
+        .await
+        .expect("the server answers or hangs up");
+        assert!(
+            anonymous.is_err(),
+            "a call to server {} without a client certificate went through",
+            index + 1
+        );
+    }
     drop(cluster);
 }

@@ -5,17 +5,17 @@
 //!
 //! ```text
 //!                 truetime-master.log  meridian truetime master --listen 127.0.0.1:M
-//!                                          --error-bound-us 1000
+//!                                          --error-bound-us 1000 --insecure
 //!                 truetime-agent.log   meridian truetime agent --listen 127.0.0.1:A
-//!                                          --masters 127.0.0.1:M
-//! <tempdir>/pd/   pd.log      meridian pd --data-dir <tempdir>/pd --listen 127.0.0.1:P
+//!                                          --masters 127.0.0.1:M --insecure
+//! <tempdir>/pd/   pd.log      meridian pd --data-dir <tempdir>/pd --listen 127.0.0.1:P --insecure
 //! <tempdir>/s1/   s1.log      meridian start --id 1 --zone zone-a --data-dir <tempdir>/s1
 //! <tempdir>/s2/   s2.log          --listen 127.0.0.1:L1 --pg-listen 127.0.0.1:Q1 --pd 127.0.0.1:P
 //! …                               --truetime 127.0.0.1:A --insecure
 //! ```
 //!
-//! With [`ClusterOptions::certs_dir`] the servers run `--certs-dir DIR` instead of
-//! `--insecure`.
+//! With [`ClusterOptions::certs_dir`] every process runs `--certs-dir DIR` instead of
+//! `--insecure`: gRPC between them is mutual TLS, and SQL needs TLS and a login.
 //!
 //! The time master and agent run for the cluster's life (server faults leave them alone), so
 //! every server measures its clock's uncertainty as in production.
@@ -162,6 +162,14 @@ impl Cluster {
             .unwrap_or_else(|error| panic!("cannot create the cluster's directory: {error}"));
         eprintln!("cluster directory: {}", dir.path().display());
 
+        let security: Vec<OsString> = match &options.certs_dir {
+            Some(dir) => vec!["--certs-dir".into(), dir.clone().into_os_string()],
+            None => vec!["--insecure".into()],
+        };
+        let secured = |mut args: Vec<OsString>| {
+            args.extend(security.iter().cloned());
+            args
+        };
         let ports = free_ports(3 + 2 * servers);
         let pd_listen = loopback(ports[0]);
         let (master_listen, agent_listen) = (loopback(ports[1]), loopback(ports[2]));
@@ -169,27 +177,27 @@ impl Cluster {
             master: ManagedProcess::new(
                 "truetime-master",
                 bin,
-                args([
+                secured(args([
                     "truetime".into(),
                     "master".into(),
                     "--listen".into(),
                     master_listen.to_string().into(),
                     "--error-bound-us".into(),
                     MASTER_BOUND_US.to_string().into(),
-                ]),
+                ])),
                 dir.path().join("truetime-master.log"),
             ),
             agent: ManagedProcess::new(
                 "truetime-agent",
                 bin,
-                args([
+                secured(args([
                     "truetime".into(),
                     "agent".into(),
                     "--listen".into(),
                     agent_listen.to_string().into(),
                     "--masters".into(),
                     master_listen.to_string().into(),
-                ]),
+                ])),
                 dir.path().join("truetime-agent.log"),
             ),
             agent_listen,
@@ -200,13 +208,13 @@ impl Cluster {
             process: ManagedProcess::new(
                 "pd",
                 bin,
-                args([
+                secured(args([
                     "pd".into(),
                     "--data-dir".into(),
                     pd_dir.into_os_string(),
                     "--listen".into(),
                     pd_listen.to_string().into(),
-                ]),
+                ])),
                 dir.path().join("pd.log"),
             ),
         };
@@ -239,10 +247,7 @@ impl Cluster {
                         agent_listen.to_string().into(),
                     ])
                     .into_iter()
-                    .chain(match &options.certs_dir {
-                        Some(dir) => vec!["--certs-dir".into(), dir.clone().into_os_string()],
-                        None => vec!["--insecure".into()],
-                    })
+                    .chain(security.iter().cloned())
                     .collect(),
                     dir.path().join(format!("{name}.log")),
                 );

@@ -85,7 +85,7 @@ async fn cluster_follows_the_command_line_contract_and_cleans_up() {
     let pd = cluster.pd_addr();
 
     let expected_pd = format!(
-        "fake meridian pd --data-dir {} --listen {pd}",
+        "fake meridian pd --data-dir {} --listen {pd} --insecure",
         dir.join("pd").display()
     );
     // Logs are written by the children; poll briefly for their first lines.

@@ -105,11 +105,11 @@ impl Transport {
             };
             let client = match tokio::time::timeout(
                 Duration::from_secs(2),
-                RaftTransportClient::connect(format!("http://{addr}")),
+                meridian_proto::tls::connect(&addr),
             )
             .await
             {
-                Ok(Ok(c)) => meridian_proto::limited!(c),
+                Ok(Ok(c)) => meridian_proto::limited!(RaftTransportClient::new(c)),
                 _ => {
                     // Drop what is queued: Raft will resend.
                     while rx.try_recv().is_ok() {}

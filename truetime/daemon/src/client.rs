@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use meridian_proto as pb;
 use meridian_proto::time_agent_client::TimeAgentClient;
 use parking_lot::RwLock;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use meridian_truetime::agent::{extrapolate, rtt_upper, Status};
 use meridian_truetime::{ClockError, Timestamp, TrueTime, TtInterval};
@@ -68,7 +68,7 @@ impl AgentClock {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<AgentClock>, AgentClockError> {
         // One long-lived channel: a handshake per refresh would widen every interval.
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = meridian_proto::tls::endpoint(&addr)
             .map_err(|e| AgentClockError::NotReady {
                 addr: addr.clone(),
                 timeout,

@@ -17,7 +17,7 @@ use meridian_proto as pb;
 use meridian_proto::time_master_client::TimeMasterClient;
 use parking_lot::Mutex;
 use prometheus::{Histogram, HistogramOpts, IntGauge, IntGaugeVec, Opts, Registry};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub mod client;
@@ -195,7 +195,7 @@ pub async fn run_poll_loop(
     let channels: Vec<Option<Channel>> = masters
         .iter()
         .map(|m| {
-            Endpoint::from_shared(format!("http://{m}"))
+            meridian_proto::tls::endpoint(m)
                 .map(|e| {
                     e.connect_timeout(POLL_TIMEOUT)
                         .tcp_nodelay(true)
@@ -273,7 +273,7 @@ pub async fn serve_master(
     source: Arc<dyn ClockSource>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    meridian_proto::tls::server()
         .add_service(meridian_proto::limited!(
             pb::time_master_server::TimeMasterServer::new(MasterService { source })
         ))
@@ -297,7 +297,7 @@ pub async fn serve_agent(
         state.clone(),
         shutdown.clone(),
     ));
-    let result = tonic::transport::Server::builder()
+    let result = meridian_proto::tls::server()
         .add_service(meridian_proto::limited!(
             pb::time_agent_server::TimeAgentServer::new(AgentService { state })
         ))
