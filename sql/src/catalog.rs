@@ -130,20 +130,30 @@ pub fn delete_table(txn: &mut Txn, name: &str) -> Result<()> {
 
 /// All table descriptors, in name order, read inside `txn`.
 pub async fn list_tables(txn: &mut Txn) -> Result<Vec<TableDesc>> {
-    let start = index_prefix(CATALOG_TABLE_ID, PRIMARY_INDEX_ID);
+    scan_index(txn, PRIMARY_INDEX_ID)
+        .await?
+        .iter()
+        .map(|value| decode_descriptor(value))
+        .collect()
+}
+
+/// The values of every row of the catalog index `index`, in key order, read inside `txn` a
+/// page at a time.
+pub async fn scan_index(txn: &mut Txn, index: u8) -> Result<Vec<Vec<u8>>> {
+    let start = index_prefix(CATALOG_TABLE_ID, index);
     let end = prefix_end(&start).unwrap_or_else(|| table_prefix(CATALOG_TABLE_ID + 1));
-    let mut tables = Vec::new();
+    let mut values = Vec::new();
     let mut cursor = start;
     loop {
         let page = txn.scan(&cursor, &end, Some(CATALOG_PAGE_SIZE)).await?;
         let full = page.len() == CATALOG_PAGE_SIZE;
-        for (key, value) in &page {
-            tables.push(decode_descriptor(value)?);
-            cursor = key.clone();
+        for (key, value) in page {
+            cursor = key;
             cursor.push(0);
+            values.push(value);
         }
         if !full {
-            return Ok(tables);
+            return Ok(values);
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct CachedPlan {
     /// The bound type of each parameter.
     pub param_types: Vec<DataType>,
     pub plan: Plan,
+    /// The privileges running it takes, per table (checked at every execution, against the
+    /// current schema's grants).
+    pub needs: Vec<(String, crate::users::Privileges)>,
 }
 
 /// The plan slot a parsed statement carries; clones share it.

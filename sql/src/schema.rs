@@ -37,6 +37,7 @@ use parking_lot::RwLock;
 use crate::catalog::{self, TableDesc, TableSet, CATALOG_TABLE_ID};
 use crate::encoding::index_prefix;
 use crate::error::{Result, SqlError};
+use crate::users::Privileges;
 
 /// How long a loaded schema may be used.
 pub const SCHEMA_LEASE: Duration = Duration::from_millis(250);
@@ -77,8 +78,53 @@ pub struct Schema {
     pub version: u64,
     /// Every table, by name.
     pub tables: HashMap<String, Arc<TableDesc>>,
+    /// Every user's administrator flag, by name.
+    admins: HashMap<String, bool>,
+    /// Grants, by (user, table).
+    grants: HashMap<(String, String), Privileges>,
     /// The snapshot timestamp it was read at.
     read_ts: u64,
+}
+
+impl Schema {
+    /// Whether `user` exists and administers the cluster.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.get(user).copied().unwrap_or(false)
+    }
+
+    /// What `user` may do to `table`: everything for an administrator, else its grants.
+    pub fn privileges(&self, user: &str, table: &str) -> Privileges {
+        if self.is_admin(user) {
+            return Privileges::ALL;
+        }
+        self.grants
+            .get(&(user.to_string(), table.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Refuses (42501) unless `user` holds `needed` on `table`.
+    pub fn check(&self, user: &str, table: &str, needed: Privileges) -> Result<()> {
+        if self.privileges(user, table).contains(needed) {
+            Ok(())
+        } else {
+            Err(SqlError::InsufficientPrivilege(format!(
+                "{user} may not {} table {table}",
+                needed.name()
+            )))
+        }
+    }
+
+    /// Refuses (42501) unless `user` is an administrator.
+    pub fn check_admin(&self, user: &str, what: &str) -> Result<()> {
+        if self.is_admin(user) {
+            Ok(())
+        } else {
+            Err(SqlError::InsufficientPrivilege(format!(
+                "{what} needs an administrator; {user} is not one"
+            )))
+        }
+    }
 }
 
 /// A gateway's cached schema, shared by its sessions.
@@ -137,6 +183,7 @@ impl SchemaCache {
         let mut txn = Txn::from(self.client.begin_read_only(ReadBound::Strong));
         let version = read_version(&mut txn).await?;
         let tables = catalog::list_tables(&mut txn).await?;
+        let (users, grants) = crate::users::list(&mut txn).await?;
         let read_ts = txn
             .read_ts()
             .ok_or_else(|| SqlError::Internal("a catalog snapshot without a timestamp".into()))?;
@@ -145,6 +192,11 @@ impl SchemaCache {
             tables: tables
                 .into_iter()
                 .map(|t| (t.name.clone(), Arc::new(t)))
+                .collect(),
+            admins: users.into_iter().map(|u| (u.name, u.admin)).collect(),
+            grants: grants
+                .into_iter()
+                .map(|g| ((g.user, g.table), g.privileges))
                 .collect(),
             read_ts,
         })

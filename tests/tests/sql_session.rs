@@ -561,3 +561,74 @@ async fn user_ddl_is_for_administrators_and_stores_verifiers() {
     assert!(stored(&cluster, "root").await.is_some_and(|r| r.admin));
     cluster.shutdown().await;
 }
+
+/// Grants: a user reads and writes a table only with the privilege for it; REVOKE holds as
+/// soon as it returns; DDL and splits are for administrators; dropping a user drops its grants.
+#[tokio::test]
+async fn grants_decide_what_a_user_may_do_to_a_table() {
+    let cluster = common::single_node().await;
+    let mut root = session(&cluster);
+    root.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+        .await
+        .unwrap();
+    root.execute("INSERT INTO t VALUES (1, 10)").await.unwrap();
+    root.execute("CREATE USER alice").await.unwrap();
+    let mut alice = session(&cluster);
+    alice.set_user("alice");
+
+    assert_eq!(error_code(&mut alice, "SELECT v FROM t").await, "42501");
+    root.execute("GRANT SELECT ON TABLE t TO alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        query(&mut alice, "SELECT v FROM t").await,
+        vec![vec![Datum::Int(10)]]
+    );
+    assert_eq!(
+        error_code(&mut alice, "INSERT INTO t VALUES (2, 20)").await,
+        "42501"
+    );
+    assert_eq!(error_code(&mut alice, "UPDATE t SET v = 0").await, "42501");
+    assert_eq!(error_code(&mut alice, "DELETE FROM t").await, "42501");
+    root.execute("GRANT INSERT, UPDATE ON t TO alice")
+        .await
+        .unwrap();
+    alice.execute("INSERT INTO t VALUES (2, 20)").await.unwrap();
+    alice
+        .execute("UPDATE t SET v = v + 1 WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(error_code(&mut alice, "DELETE FROM t").await, "42501");
+
+    root.execute("REVOKE SELECT ON t FROM alice").await.unwrap();
+    assert_eq!(error_code(&mut alice, "SELECT v FROM t").await, "42501");
+
+    assert_eq!(
+        error_code(&mut alice, "CREATE TABLE u (id INT PRIMARY KEY)").await,
+        "42501"
+    );
+    assert_eq!(error_code(&mut alice, "DROP TABLE t").await, "42501");
+    assert_eq!(
+        error_code(&mut alice, "ALTER TABLE t SPLIT AT VALUES (5)").await,
+        "42501"
+    );
+    assert_eq!(
+        error_code(&mut alice, "GRANT ALL ON t TO alice").await,
+        "42501"
+    );
+    assert_eq!(
+        error_code(&mut root, "GRANT ALL ON t TO nobody").await,
+        "42704"
+    );
+    assert_eq!(
+        error_code(&mut root, "GRANT ALL ON missing TO alice").await,
+        "42P01"
+    );
+
+    // A dropped user's grants go with it.
+    root.execute("GRANT ALL ON t TO alice").await.unwrap();
+    root.execute("DROP USER alice").await.unwrap();
+    root.execute("CREATE USER alice").await.unwrap();
+    assert_eq!(error_code(&mut alice, "SELECT v FROM t").await, "42501");
+    cluster.shutdown().await;
+}

@@ -135,6 +135,10 @@ pub enum CommandTag {
     AlterRole,
     /// `DROP ROLE`
     DropRole,
+    /// `GRANT`
+    Grant,
+    /// `REVOKE`
+    Revoke,
 }
 
 impl std::fmt::Display for CommandTag {
@@ -156,6 +160,8 @@ impl std::fmt::Display for CommandTag {
             CommandTag::CreateRole => f.write_str("CREATE ROLE"),
             CommandTag::AlterRole => f.write_str("ALTER ROLE"),
             CommandTag::DropRole => f.write_str("DROP ROLE"),
+            CommandTag::Grant => f.write_str("GRANT"),
+            CommandTag::Revoke => f.write_str("REVOKE"),
         }
     }
 }
@@ -412,6 +418,7 @@ impl Session {
         let (stmt, as_of, plan) = match stmt {
             Statement::SplitAt { table, values } => {
                 self.check_ddl_allowed("ALTER TABLE")?;
+                self.check_admin("ALTER TABLE … SPLIT AT").await?;
                 return self.split_at(table, values, params, param_types).await;
             }
             Statement::Sql {
@@ -448,6 +455,7 @@ impl Session {
             }
             ast::Statement::CreateTable(create) => {
                 self.check_ddl_allowed("CREATE TABLE")?;
+                self.check_admin("CREATE TABLE").await?;
                 self.create_table(create).await
             }
             ast::Statement::Drop {
@@ -459,9 +467,28 @@ impl Session {
                 ..
             } => {
                 self.check_ddl_allowed("DROP TABLE")?;
+                self.check_admin("DROP TABLE").await?;
                 self.drop_tables(names, *if_exists).await
             }
             ast::Statement::CreateRole(create) => self.create_role(create).await,
+            ast::Statement::Grant(grant) => {
+                self.grant_or_revoke(
+                    &grant.privileges,
+                    grant.objects.as_ref(),
+                    &grant.grantees,
+                    false,
+                )
+                .await
+            }
+            ast::Statement::Revoke(revoke) => {
+                self.grant_or_revoke(
+                    &revoke.privileges,
+                    revoke.objects.as_ref(),
+                    &revoke.grantees,
+                    true,
+                )
+                .await
+            }
             ast::Statement::AlterRole { name, operation } => self.alter_role(name, operation).await,
             ast::Statement::Drop {
                 object_type: ast::ObjectType::Role | ast::ObjectType::User,
@@ -510,6 +537,7 @@ impl Session {
 /// parameter types; otherwise it is bound against the gateway's cached schema and cached.
 async fn run_statement(
     schema: &SchemaCache,
+    user: &str,
     cache: &PlanCache,
     txn: &mut Txn,
     stmt: &ast::Statement,
@@ -520,8 +548,10 @@ async fn run_statement(
     let planned = match cache.get(current.version, param_types) {
         Some(planned) => planned,
         None => {
-            let (tables, version) = schema.tables(&referenced_tables(stmt)?).await?;
+            let names = referenced_tables(stmt)?;
+            let (tables, version) = schema.tables(&names).await?;
             let bound = bind_statement(stmt, &tables, param_types)?;
+            let needs = privileges_needed(&bound.kind, names);
             let planned = Arc::new(CachedPlan {
                 version,
                 declared: param_types.to_vec(),
@@ -529,11 +559,15 @@ async fn run_statement(
                 columns: bound.columns,
                 param_types: bound.param_types,
                 plan: optimize(bound.plan),
+                needs,
             });
             cache.put(planned.clone());
             planned
         }
     };
+    for (table, needed) in &planned.needs {
+        current.check(user, table, *needed)?;
+    }
     let params = coerce_params(params, &planned.param_types)?;
     let output = execute(&planned.plan, txn, &params).await?;
     let tag = match planned.kind {
@@ -547,6 +581,27 @@ async fn run_statement(
         rows: output.rows,
         tag,
     })
+}
+
+/// What running a statement of `kind` over `tables` takes: the statement's own privilege on
+/// its target (the first table named), and SELECT on every other table it reads.
+fn privileges_needed(
+    kind: &crate::binder::StatementKind,
+    tables: Vec<String>,
+) -> Vec<(String, crate::users::Privileges)> {
+    use crate::binder::StatementKind;
+    use crate::users::Privileges;
+    let target = match kind {
+        StatementKind::Select => Privileges::SELECT,
+        StatementKind::Insert => Privileges::INSERT,
+        StatementKind::Update => Privileges::UPDATE,
+        StatementKind::Delete => Privileges::DELETE,
+    };
+    tables
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, if i == 0 { target } else { Privileges::SELECT }))
+        .collect()
 }
 
 /// Checks that every bound parameter has a value and converts the values to their types.

@@ -7,7 +7,9 @@ use sqlparser::ast;
 
 use super::{CommandTag, Session, StatementResult};
 use crate::error::{Result, SqlError};
-use crate::users::{self, UserRecord, ROOT};
+use crate::schema;
+use crate::users::{self, Privileges, UserRecord, ROOT};
+use futures::future::BoxFuture;
 use meridian_security::password::Verifier;
 
 /// What `ALTER USER` asks to change.
@@ -71,19 +73,9 @@ fn object_name(name: &ast::ObjectName) -> Result<String> {
 }
 
 impl Session {
-    /// Refuses user DDL from anyone but an administrator (42501).
-    async fn check_admin(&mut self, what: &str) -> Result<()> {
-        let user = self.user().to_string();
-        let mut txn =
-            meridian_kv::Txn::from(self.store.begin_read_only(meridian_kv::ReadBound::Strong));
-        let record = users::get(&mut txn, &user).await?;
-        if record.is_some_and(|r| r.admin) {
-            Ok(())
-        } else {
-            Err(SqlError::InsufficientPrivilege(format!(
-                "{what} needs an administrator; {user} is not one"
-            )))
-        }
+    /// Refuses access DDL from anyone but an administrator (42501).
+    pub(super) async fn check_admin(&mut self, what: &str) -> Result<()> {
+        self.schema.current().await?.check_admin(&self.user, what)
     }
 
     pub(super) async fn create_role(
@@ -94,6 +86,7 @@ impl Session {
         self.check_admin("CREATE USER").await?;
         let name = one_name(&create.names)?;
         let record = UserRecord {
+            name: name.clone(),
             password: create
                 .password
                 .as_ref()
@@ -103,12 +96,20 @@ impl Session {
             admin: admin_option(create.superuser, create.create_role).unwrap_or(false),
         };
         let if_not_exists = create.if_not_exists;
-        self.change_user(&name, |existing| match existing {
-            Some(_) if if_not_exists => Ok(None),
-            Some(_) => Err(SqlError::DuplicateObject(format!(
-                "user {name} already exists"
-            ))),
-            None => Ok(Some(Some(record.clone()))),
+        self.access_ddl(move |txn| {
+            let (name, record) = (name.clone(), record.clone());
+            Box::pin(async move {
+                match users::get(txn, &name).await? {
+                    Some(_) if if_not_exists => Ok(false),
+                    Some(_) => Err(SqlError::DuplicateObject(format!(
+                        "user {name} already exists"
+                    ))),
+                    None => {
+                        users::put(txn, &name, &record)?;
+                        Ok(true)
+                    }
+                }
+            })
         })
         .await?;
         Ok(StatementResult::command(CommandTag::CreateRole))
@@ -142,19 +143,25 @@ impl Session {
                 "root stays an administrator".into(),
             ));
         }
-        self.change_user(&name, |existing| {
-            let Some(mut record) = existing else {
-                return Err(SqlError::UndefinedObject(format!(
-                    "user {name} does not exist"
-                )));
-            };
-            if let Some(password) = &changes.password {
-                record.password = password.clone();
-            }
-            if let Some(admin) = changes.admin {
-                record.admin = admin;
-            }
-            Ok(Some(Some(record)))
+        let changes = std::sync::Arc::new(changes);
+        self.access_ddl(move |txn| {
+            let (name, changes) = (name.clone(), changes.clone());
+            Box::pin(async move {
+                let Some(mut record) = users::get(txn, &name).await? else {
+                    return Err(SqlError::UndefinedObject(format!(
+                        "user {name} does not exist"
+                    )));
+                };
+                record.name = name.clone();
+                if let Some(password) = &changes.password {
+                    record.password = password.clone();
+                }
+                if let Some(admin) = changes.admin {
+                    record.admin = admin;
+                }
+                users::put(txn, &name, &record)?;
+                Ok(true)
+            })
         })
         .await?;
         Ok(StatementResult::command(CommandTag::AlterRole))
@@ -173,42 +180,115 @@ impl Session {
                 "root cannot be dropped".into(),
             ));
         }
-        for name in &names {
-            self.change_user(name, |existing| match existing {
-                Some(_) => Ok(Some(None)),
-                None if if_exists => Ok(None),
-                None => Err(SqlError::UndefinedObject(format!(
-                    "user {name} does not exist"
-                ))),
+        self.access_ddl(move |txn| {
+            let names = names.clone();
+            Box::pin(async move {
+                let (_, grants) = users::list(txn).await?;
+                let mut changed = false;
+                for name in &names {
+                    if users::get(txn, name).await?.is_some() {
+                        users::delete(txn, name)?;
+                        for g in grants.iter().filter(|g| &g.user == name) {
+                            users::put_grant(txn, name, &g.table, Privileges::default())?;
+                        }
+                        changed = true;
+                    } else if !if_exists {
+                        return Err(SqlError::UndefinedObject(format!(
+                            "user {name} does not exist"
+                        )));
+                    }
+                }
+                Ok(changed)
             })
-            .await?;
-        }
+        })
+        .await?;
         Ok(StatementResult::command(CommandTag::DropRole))
     }
 
-    /// Reads the user `name` in a transaction of its own and writes what `decide` says:
-    /// `None` nothing, `Some(Some(record))` the record, `Some(None)` a deletion. Conflicts
-    /// are retried ([`super::retrying`]).
-    async fn change_user(
+    /// `GRANT privileges ON [TABLE] t, … TO u, …` (`revoke` false) or `REVOKE … FROM …`.
+    pub(super) async fn grant_or_revoke(
         &mut self,
-        name: &str,
-        decide: impl Fn(Option<UserRecord>) -> Result<Option<Option<UserRecord>>>,
-    ) -> Result<()> {
-        let decide = &decide;
+        privileges: &ast::Privileges,
+        objects: Option<&ast::GrantObjects>,
+        grantees: &[ast::Grantee],
+        revoke: bool,
+    ) -> Result<StatementResult> {
+        let what = if revoke { "REVOKE" } else { "GRANT" };
+        self.check_ddl_allowed(what)?;
+        self.check_admin(what).await?;
+        let mask = privilege_mask(privileges)?;
+        let tables = match objects {
+            Some(ast::GrantObjects::Tables(names)) => names
+                .iter()
+                .map(crate::binder::table_name)
+                .collect::<Result<Vec<_>>>()?,
+            _ => {
+                return Err(SqlError::unsupported(format!(
+                    "{what} on anything but tables"
+                )))
+            }
+        };
+        let (found, _) = self.schema.tables(&tables).await?;
+        for table in &tables {
+            if found.get(table).cloned().flatten().is_none() {
+                return Err(SqlError::UndefinedTable(table.clone()));
+            }
+        }
+        let grantees = grantees
+            .iter()
+            .map(|g| match &g.name {
+                Some(ast::GranteeName::ObjectName(name)) => object_name(name),
+                _ => Err(SqlError::unsupported(format!("{what} to {g}"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.access_ddl(move |txn| {
+            let (tables, grantees) = (tables.clone(), grantees.clone());
+            Box::pin(async move {
+                for user in &grantees {
+                    if users::get(txn, user).await?.is_none() {
+                        return Err(SqlError::UndefinedObject(format!(
+                            "user {user} does not exist"
+                        )));
+                    }
+                    for table in &tables {
+                        let held = users::get_grant(txn, user, table).await?;
+                        let next = if revoke {
+                            held.without(mask)
+                        } else {
+                            held.union(mask)
+                        };
+                        users::put_grant(txn, user, table, next)?;
+                    }
+                }
+                Ok(true)
+            })
+        })
+        .await?;
+        Ok(StatementResult::command(if revoke {
+            CommandTag::Revoke
+        } else {
+            CommandTag::Grant
+        }))
+    }
+
+    /// Runs `body` in a transaction of its own that, if `body` changed anything, also bumps
+    /// the schema version; retries conflicts ([`super::retrying`]); then waits out every
+    /// gateway's schema lease, so the change holds everywhere once this returns.
+    async fn access_ddl<F>(&mut self, body: F) -> Result<()>
+    where
+        F: for<'t> Fn(&'t mut meridian_kv::Txn) -> BoxFuture<'t, Result<bool>>,
+    {
+        let body = &body;
         let store = self.store.clone();
-        super::retrying(|| {
+        let ts = super::retrying(|| {
             let store = store.clone();
             async move {
                 let mut txn = meridian_kv::Txn::from(store.begin(None));
                 let outcome = async {
-                    let existing = users::get(&mut txn, name).await?;
-                    match decide(existing)? {
-                        Some(Some(record)) => users::put(&mut txn, name, &record)?,
-                        Some(None) => users::delete(&mut txn, name)?,
-                        None => {}
+                    if body(&mut txn).await? {
+                        schema::bump_version(&mut txn).await?;
                     }
-                    txn.commit().await?;
-                    Ok(())
+                    Ok(txn.commit().await?)
                 }
                 .await;
                 if outcome.is_err() {
@@ -217,6 +297,33 @@ impl Session {
                 outcome
             }
         })
-        .await
+        .await?;
+        if let Some(ts) = ts {
+            self.last_commit_ts = Some(ts);
+        }
+        let seen = ts.unwrap_or_else(|| self.store.clock().now().latest.0);
+        self.schema.wait_out_leases(seen).await;
+        Ok(())
+    }
+}
+
+/// The mask of `GRANT SELECT, INSERT, UPDATE, DELETE | ALL [PRIVILEGES]`.
+fn privilege_mask(privileges: &ast::Privileges) -> Result<Privileges> {
+    match privileges {
+        ast::Privileges::All { .. } => Ok(Privileges::ALL),
+        ast::Privileges::Actions(actions) => {
+            let mut mask = Privileges::default();
+            for action in actions {
+                let bit = match action {
+                    ast::Action::Select { columns: None } => Privileges::SELECT,
+                    ast::Action::Insert { columns: None } => Privileges::INSERT,
+                    ast::Action::Update { columns: None } => Privileges::UPDATE,
+                    ast::Action::Delete => Privileges::DELETE,
+                    other => return Err(SqlError::unsupported(format!("the privilege {other}"))),
+                };
+                mask = mask.union(bit);
+            }
+            Ok(mask)
+        }
     }
 }

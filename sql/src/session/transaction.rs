@@ -207,8 +207,16 @@ impl Session {
                 }
             }
             open.queried = true;
-            let result =
-                run_statement(&self.schema, plan, &mut open.txn, stmt, params, param_types).await;
+            let result = run_statement(
+                &self.schema,
+                &self.user,
+                plan,
+                &mut open.txn,
+                stmt,
+                params,
+                param_types,
+            )
+            .await;
             if open.access == Access::ReadOnly {
                 if let Some(ts) = open.txn.read_ts() {
                     self.last_read_ts = Some(ts);
@@ -253,7 +261,17 @@ impl Session {
                         txn
                     }
                 };
-                match run_statement(&self.schema, plan, &mut txn, stmt, params, param_types).await {
+                match run_statement(
+                    &self.schema,
+                    &self.user,
+                    plan,
+                    &mut txn,
+                    stmt,
+                    params,
+                    param_types,
+                )
+                .await
+                {
                     Ok(result) => {
                         let committed = txn.commit().await.map_err(|e| self.kv_error(e))?;
                         if read_only.is_some() {
