@@ -169,7 +169,12 @@ async fn raw_pgwire(cluster: &Cluster) {
         m.extend_from_slice(&body);
         m
     };
-    let attacks: [(&str, Vec<u8>); 4] = [
+    let fuzzed = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/known-upstream/pgwire_frontend/parse-length-shorter-than-fields"),
+    )
+    .expect("the saved fuzzer input");
+    let attacks: [(&str, Vec<u8>); 5] = [
         ("a truncated startup packet", vec![0, 0, 0, 40, 0, 3]),
         ("a query message cut short", {
             let mut m = startup.clone();
@@ -182,6 +187,14 @@ async fn raw_pgwire(cluster: &Cluster) {
             m.extend_from_slice(&[b'x'; 4096]);
             m
         }),
+        (
+            "a Parse whose length is shorter than its fields (pgwire panics)",
+            {
+                let mut m = startup.clone();
+                m.extend_from_slice(&fuzzed);
+                m
+            },
+        ),
         ("an unknown message type", {
             let mut m = startup.clone();
             m.extend_from_slice(b"\xee\0\0\0\x08abcd");

@@ -25,6 +25,7 @@
 pub mod cluster;
 pub mod demo;
 mod error;
+pub mod fuzzing;
 pub mod pg;
 pub mod ports;
 mod process;

@@ -20,6 +20,9 @@
 //!   protocol skips to Sync as PostgreSQL does); ReadyForQuery reports the session's real
 //!   transaction status (idle, in transaction, failed).
 //!
+//! A panic while serving one connection (pgwire's decoder has one on malformed frames) ends
+//! that connection only.
+//!
 //! Not supported: COPY, cancel requests, the `pg_catalog` tables psql's `\d` commands query.
 
 pub mod auth;
@@ -29,6 +32,9 @@ mod handler;
 pub use auth::Security;
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,12 +100,23 @@ pub async fn serve(
                 let _permit = permit;
                 tracing::debug!("connection opened");
                 let handlers = handler::Handlers::new(connection.clone(), gate);
+                // pgwire's message decoder panics on some malformed frames (a declared length
+                // shorter than the fields it holds; found by fuzzing, fuzz/known-upstream/):
+                // such a panic ends this connection only, and its session is closed as usual.
+                let served = AssertUnwindSafe(pgwire::tokio::process_socket(
+                    socket, acceptor, handlers,
+                ))
+                .catch_unwind();
                 tokio::select! {
-                    result = pgwire::tokio::process_socket(socket, acceptor, handlers) => {
-                        if let Err(error) = result {
+                    result = served => match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
                             tracing::debug!(%error, "connection ended with an error");
                         }
-                    }
+                        Err(_) => {
+                            tracing::warn!("a malformed message broke the protocol decoder; connection closed");
+                        }
+                    },
                     _ = stop.recv() => {}
                 }
                 connection.close().await;

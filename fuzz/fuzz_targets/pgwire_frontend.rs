@@ -1,0 +1,4 @@
+//! cargo fuzz target: [`meridian_tests::fuzzing::pgwire_frontend`] on arbitrary bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meridian_tests::fuzzing::pgwire_frontend(data));

@@ -1,0 +1,62 @@
+//! Replays every saved fuzz input (`fuzz/corpus/<target>/`, and `fuzz/regressions/<target>/`
+//! for inputs that once crashed) through the fuzz targets' bodies
+//! ([`meridian_tests::fuzzing`]), on a default-sized test thread: what the fuzzer found stays
+//! fixed in the default test run. Plus the hostile inputs that started it all.
+
+use std::path::PathBuf;
+
+use meridian_tests::fuzzing::{self, TARGETS};
+
+fn fuzz_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+#[test]
+fn every_saved_fuzz_input_runs_cleanly() {
+    let mut replayed = 0;
+    for (name, target) in TARGETS {
+        for kind in ["corpus", "regressions"] {
+            let dir = fuzz_dir().join(kind).join(name);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.expect("a directory entry").path();
+                if !path.is_file() {
+                    continue;
+                }
+                let data = std::fs::read(&path).expect("read a saved input");
+                eprintln!("{name}: {}", path.display());
+                target(&data);
+                replayed += 1;
+            }
+        }
+    }
+    assert!(
+        replayed > 100,
+        "only {replayed} saved inputs: is fuzz/corpus missing?"
+    );
+}
+
+#[test]
+fn hostile_inputs_run_cleanly() {
+    let chain = format!("SELECT {}", vec!["1"; 300_000].join("+"));
+    fuzzing::sql_text(chain.as_bytes());
+    fuzzing::sql_text(format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000)).as_bytes());
+    fuzzing::sql_text(format!("SELECT {}1", "- ".repeat(100_000)).as_bytes());
+    fuzzing::sql_text(
+        format!(
+            "SELECT {} 1 {}",
+            "CASE WHEN TRUE THEN ".repeat(5_000),
+            " END".repeat(5_000)
+        )
+        .as_bytes(),
+    );
+    fuzzing::sql_text(b"\xff\xfe not utf-8");
+    // A message claiming 2 GiB, a negative length, a truncated startup.
+    fuzzing::pgwire_frontend(b"Q\x7f\xff\xff\xffSELECT");
+    fuzzing::pgwire_frontend(b"Q\xff\xff\xff\xf0");
+    fuzzing::pgwire_frontend(&[0, 0, 0, 40, 0, 3]);
+    fuzzing::stored_bytes(&[0xff; 64]);
+    fuzzing::stored_bytes(&[]);
+}
