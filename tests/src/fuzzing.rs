@@ -66,8 +66,11 @@ pub fn stored_bytes(data: &[u8]) {
     let _ = meridian_spanserver::storage::mvcc::decode_value(data);
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name, for the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("sql_text", sql_text),
     ("pgwire_frontend", pgwire_frontend),
     ("stored_bytes", stored_bytes),
