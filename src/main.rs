@@ -152,7 +152,7 @@ impl SecurityArgs {
     fn apply(&self, what: &str) -> Result<Option<PathBuf>, String> {
         match (&self.certs_dir, self.insecure) {
             (Some(dir), _) => {
-                meridian_proto::tls::install(dir)
+                meridian_proto::tls::install(dir, meridian_security::tls::is_node_certificate)
                     .map_err(|e| format!("--certs-dir {}: {e}", dir.display()))?;
                 tracing::info!(certs_dir = %dir.display(), "gRPC is mutual TLS");
                 Ok(Some(dir.clone()))

@@ -107,7 +107,7 @@ pub async fn run(command: TruetimeCommand) -> Result<(), String> {
             certs_dir,
         } => {
             if let Some(dir) = certs_dir {
-                meridian_proto::tls::install(&dir)
+                meridian_proto::tls::install(&dir, meridian_security::tls::is_node_certificate)
                     .map_err(|e| format!("--certs-dir {}: {e}", dir.display()))?;
             }
             let channel = meridian_proto::tls::connect(&agent)

@@ -555,7 +555,7 @@ pub async fn run(
         let _ = b.send(addr);
     }
     meridian_proto::tls::server()
-        .add_service(meridian_proto::limited!(
+        .add_service(meridian_proto::node_service!(
             pb::placement_driver_server::PlacementDriverServer::new(pd)
         ))
         .serve_with_incoming_shutdown(meridian_proto::incoming_nodelay(listener), async move {

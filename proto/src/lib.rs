@@ -32,6 +32,18 @@ pub fn incoming_nodelay(
 /// `OUT_OF_RANGE` before anything is sent or applied.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// A generated gRPC server with [`MAX_MESSAGE_BYTES`] both ways, that only cluster nodes may
+/// call ([`tls::node_only`]): `meridian_proto::node_service!(TabletServer::new(service))`.
+#[macro_export]
+macro_rules! node_service {
+    ($service:expr) => {
+        tonic::service::interceptor::InterceptedService::new(
+            $crate::limited!($service),
+            $crate::tls::node_only,
+        )
+    };
+}
+
 /// A generated gRPC client or server with [`MAX_MESSAGE_BYTES`] both ways:
 /// `meridian_proto::limited!(TabletClient::new(channel))`.
 #[macro_export]

@@ -16,6 +16,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server,
 pub const NODE_NAME: &str = "node";
 
 struct Tls {
+    /// Whether a verified peer certificate (DER) is a node's, not a SQL user's: both are
+    /// signed by the cluster CA, and only nodes may call node services.
+    is_node: fn(&[u8]) -> bool,
     client: ClientTlsConfig,
     /// A server builder with the identity configured (checked at [`install`]).
     server: Server,
@@ -24,8 +27,10 @@ struct Tls {
 static TLS: OnceLock<Tls> = OnceLock::new();
 
 /// Reads `ca.crt`, `node.crt` and `node.key` from `certs_dir` and makes them this process's
-/// gRPC identity. Fails if the files are missing or an identity is installed already.
-pub fn install(certs_dir: &Path) -> Result<(), String> {
+/// gRPC identity; `is_node` tells a node's certificate from a SQL user's (both are signed by
+/// the cluster CA), for [`node_only`]. Fails if the files are missing or an identity is
+/// installed already.
+pub fn install(certs_dir: &Path, is_node: fn(&[u8]) -> bool) -> Result<(), String> {
     let read = |name: &str| {
         let path = certs_dir.join(name);
         std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
@@ -33,6 +38,7 @@ pub fn install(certs_dir: &Path) -> Result<(), String> {
     let ca = Certificate::from_pem(read("ca.crt")?);
     let identity = Identity::from_pem(read("node.crt")?, read("node.key")?);
     let tls = Tls {
+        is_node,
         client: ClientTlsConfig::new()
             .ca_certificate(ca.clone())
             .identity(identity.clone())
@@ -65,6 +71,23 @@ pub fn server() -> Server {
     match TLS.get() {
         Some(tls) => tls.server.clone(),
         None => Server::builder(),
+    }
+}
+
+/// A gRPC interceptor for every service: with TLS installed, only a caller whose verified
+/// certificate is a node's gets through (a SQL user's client certificate, signed by the same
+/// CA, is refused with PERMISSION_DENIED); without TLS (`--insecure`) everyone does.
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn node_only(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let Some(tls) = TLS.get() else {
+        return Ok(request);
+    };
+    let certs = request.peer_certs();
+    match certs.as_deref().and_then(|c| c.first()) {
+        Some(cert) if (tls.is_node)(cert.as_ref()) => Ok(request),
+        _ => Err(tonic::Status::permission_denied(
+            "only cluster nodes may call this service",
+        )),
     }
 }
 

@@ -156,6 +156,11 @@ pub fn create_node(certs_dir: &Path, ca_key: &Path, hosts: &[String]) -> Result<
 
 /// Creates `client.USER.crt`/`client.USER.key`, whose common name is `user`, signed by the CA.
 pub fn create_client(certs_dir: &Path, ca_key: &Path, user: &str) -> Result<(), CertError> {
+    if user == NODE_NAME {
+        return Err(CertError::Invalid(format!(
+            "{NODE_NAME:?} names the cluster's nodes, not a user"
+        )));
+    }
     if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(CertError::Invalid(format!(
             "{user:?} is not a user name (letters, digits and _ only)"

@@ -30,6 +30,23 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
         .map_err(|e| CertError::Invalid(format!("{}: {e}", path.display())))
 }
 
+/// Whether the DER certificate `der` is a node's: common name `node` and usable for server
+/// authentication (`meridian cert create-node` makes such; client certificates are for client
+/// authentication only, and no user may be called `node`).
+pub fn is_node_certificate(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let named_node = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        == Some(crate::certs::NODE_NAME);
+    let server_auth = matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth);
+    named_node && server_auth
+}
+
 /// The common name of the subject of the DER certificate `der`, if it has one.
 pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -92,6 +109,13 @@ mod tests {
         .expect("create the node certificate");
         certs::create_client(&certs_dir, &ca_key, "alice").expect("create a client certificate");
         server_config(&certs_dir).expect("a server configuration from the certs");
+        let der = |name: &str| certs(&certs_dir.join(name)).expect("a certificate")[0].clone();
+        assert!(is_node_certificate(der(NODE_CERT).as_ref()));
+        assert!(!is_node_certificate(
+            der(&certs::client_cert("alice")).as_ref()
+        ));
+        assert!(!is_node_certificate(der(CA_CERT).as_ref()));
+        assert!(certs::create_client(&certs_dir, &ca_key, "node").is_err());
 
         // The chain verifies with OpenSSL too, where it is installed.
         if let Ok(out) = std::process::Command::new("openssl")

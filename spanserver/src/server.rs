@@ -181,10 +181,10 @@ pub async fn run(
     let grpc = tokio::spawn(
         meridian_proto::tls::server()
             .tcp_nodelay(true)
-            .add_service(meridian_proto::limited!(
+            .add_service(meridian_proto::node_service!(
                 pb::tablet_server::TabletServer::new(tablet_service.clone())
             ))
-            .add_service(meridian_proto::limited!(
+            .add_service(meridian_proto::node_service!(
                 pb::raft_transport_server::RaftTransportServer::new(raft_service)
             ))
             .serve_with_incoming_shutdown(

@@ -68,6 +68,11 @@ fn user_key(name: &str) -> Vec<u8> {
 
 /// Refuses names that are empty or too long (42602, PostgreSQL's invalid_name).
 pub fn check_name(name: &str) -> Result<()> {
+    if name == "node" {
+        return Err(SqlError::InvalidName(
+            "\"node\" names the cluster's nodes, not a user".into(),
+        ));
+    }
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(SqlError::InvalidName(format!(
             "a user name must be 1 to {MAX_NAME_BYTES} bytes"

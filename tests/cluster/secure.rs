@@ -204,6 +204,36 @@ async fn secure_cluster_needs_tls_and_a_certificate_or_password() {
             "a call to server {} without a client certificate went through",
             index + 1
         );
+
+        // A SQL user's certificate is signed by the same CA, but is not a node's.
+        let read = |name: &str| std::fs::read(certs.join(name)).expect("a certificate file");
+        let as_user = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem.clone()))
+            .identity(tonic::transport::Identity::from_pem(
+                read("client.root.crt"),
+                read("client.root.key"),
+            ))
+            .domain_name("node");
+        let user_call = tokio::time::timeout(Duration::from_secs(10), async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .map_err(|e| e.to_string())?
+                .tls_config(as_user)
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            TabletClient::new(channel)
+                .txn(pb::TxnRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        })
+        .await
+        .expect("the server answers or hangs up");
+        match user_call {
+            Err(e) => assert!(e.contains("PermissionDenied"), "{e}"),
+            Ok(()) => panic!("a SQL user's certificate reached server {}", index + 1),
+        }
     }
     drop(cluster);
 }

@@ -274,7 +274,7 @@ pub async fn serve_master(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     meridian_proto::tls::server()
-        .add_service(meridian_proto::limited!(
+        .add_service(meridian_proto::node_service!(
             pb::time_master_server::TimeMasterServer::new(MasterService { source })
         ))
         .serve_with_incoming_shutdown(meridian_proto::incoming_nodelay(listener), async move {
@@ -298,7 +298,7 @@ pub async fn serve_agent(
         shutdown.clone(),
     ));
     let result = meridian_proto::tls::server()
-        .add_service(meridian_proto::limited!(
+        .add_service(meridian_proto::node_service!(
             pb::time_agent_server::TimeAgentServer::new(AgentService { state })
         ))
         .serve_with_incoming_shutdown(meridian_proto::incoming_nodelay(listener), async move {
