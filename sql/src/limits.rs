@@ -16,8 +16,9 @@
 //!   bounds the memory, not the stack.
 //!
 //! The bound over-counts (every operator in a comma-separated item counts, as if all of them
-//! nested) and never under-counts: every AST level below the statement's top comes from a
-//! parenthesis, bracket, `CASE`, or an operator between two items of one list element.
+//! nested) and is meant never to under-count: every AST level below the statement's top comes
+//! from a parenthesis, bracket, `CASE`, an operator between two items of one list element, or
+//! a set operator (`UNION` …, counted across the whole group).
 
 use sqlparser::tokenizer::{Token, TokenWithSpan};
 
@@ -71,58 +72,68 @@ pub fn check_nesting(tokens: &[TokenWithSpan]) -> Result<()> {
 
 /// An upper bound on the depth of the AST the tokens of one statement parse into.
 pub fn nesting_bound<'a>(tokens: impl Iterator<Item = &'a Token>) -> usize {
-    // Operators counted in the current item of each open group; the sum plus the groups'
-    // own levels bounds the depth at this point of the statement.
-    let mut groups: Vec<usize> = vec![0];
-    let mut operators = 0usize;
+    let mut groups = vec![Group::default()];
     let mut deepest = 0usize;
     for token in tokens {
         match token {
-            Token::LParen | Token::LBracket | Token::LBrace => groups.push(0),
+            Token::LParen | Token::LBracket | Token::LBrace => groups.push(Group::default()),
             Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("CASE") => {
-                groups.push(0)
+                groups.push(Group::default())
             }
-            Token::RParen | Token::RBracket | Token::RBrace => close(&mut groups, &mut operators),
+            Token::RParen | Token::RBracket | Token::RBrace => close(&mut groups),
             Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("END") => {
-                close(&mut groups, &mut operators)
+                close(&mut groups)
             }
-            Token::Comma => reset(&mut groups, &mut operators),
+            Token::Comma => top(&mut groups).operators = 0,
+            // `a UNION b UNION c …` nests one level per operator, across the SELECTs.
+            Token::Word(w) if w.quote_style.is_none() && is_set_operator(&w.value) => {
+                top(&mut groups).set_operators += 1
+            }
             Token::Word(w) if w.quote_style.is_none() && is_item_keyword(&w.value) => {
-                reset(&mut groups, &mut operators)
+                top(&mut groups).operators = 0
             }
             Token::Word(w) if w.quote_style.is_none() && is_operator_keyword(&w.value) => {
-                bump(&mut groups, &mut operators)
+                top(&mut groups).operators += 1
             }
-            t if is_operator(t) => bump(&mut groups, &mut operators),
+            t if is_operator(t) => top(&mut groups).operators += 1,
             _ => {}
         }
-        let depth = operators.saturating_add(groups.len().saturating_mul(LEVELS_PER_PAREN));
+        let depth = groups.iter().fold(0usize, |sum, g| {
+            sum.saturating_add(g.operators)
+                .saturating_add(g.set_operators)
+                .saturating_add(LEVELS_PER_PAREN)
+        });
         deepest = deepest.max(depth);
     }
     deepest
 }
 
-fn bump(groups: &mut [usize], operators: &mut usize) {
-    if let Some(top) = groups.last_mut() {
-        *top += 1;
-        *operators += 1;
-    }
+/// What one open group (the statement, a parenthesis, a `CASE`) has seen so far.
+#[derive(Default)]
+struct Group {
+    /// Operators in its current list item.
+    operators: usize,
+    /// Set operators (`UNION` …) anywhere in it.
+    set_operators: usize,
 }
 
-fn reset(groups: &mut [usize], operators: &mut usize) {
-    if let Some(top) = groups.last_mut() {
-        *operators -= *top;
-        *top = 0;
-    }
+fn top(groups: &mut [Group]) -> &mut Group {
+    // The statement's own group is never popped.
+    let last = groups.len() - 1;
+    &mut groups[last]
 }
 
 /// Closes the innermost group; an unbalanced close is sqlparser's error to report, not ours.
-fn close(groups: &mut Vec<usize>, operators: &mut usize) {
+fn close(groups: &mut Vec<Group>) {
     if groups.len() > 1 {
-        if let Some(top) = groups.pop() {
-            *operators -= top;
-        }
+        groups.pop();
     }
+}
+
+fn is_set_operator(word: &str) -> bool {
+    ["UNION", "INTERSECT", "EXCEPT", "MINUS"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// Keywords that start a new, separately nested item of the enclosing group (a clause, or a
@@ -145,9 +156,6 @@ fn is_item_keyword(word: &str) -> bool {
         "ELSE",
         "ON",
         "USING",
-        "UNION",
-        "INTERSECT",
-        "EXCEPT",
     ];
     ITEMS.iter().any(|k| word.eq_ignore_ascii_case(k))
 }
@@ -243,6 +251,14 @@ mod tests {
             " END".repeat(50)
         );
         assert!(bound(&cases) >= 50);
+    }
+
+    #[test]
+    fn set_operator_chains_nest() {
+        let unions = vec!["SELECT 1"; 5_000].join(" UNION ");
+        assert!(bound(&unions) > MAX_NESTING);
+        let few = vec!["SELECT a + 1 FROM t"; 10].join(" UNION ALL ");
+        assert!(bound(&few) < 20, "{}", bound(&few));
     }
 
     #[test]

@@ -54,6 +54,11 @@ async fn statements(client: &Client) {
             SqlState::STATEMENT_TOO_COMPLEX,
         ),
         (
+            "100,000 UNIONs",
+            vec!["SELECT 1"; 100_000].join(" UNION "),
+            SqlState::STATEMENT_TOO_COMPLEX,
+        ),
+        (
             "10,000-deep parentheses",
             format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000)),
             SqlState::STATEMENT_TOO_COMPLEX,
