@@ -54,8 +54,8 @@ async fn statements(client: &Client) {
             SqlState::STATEMENT_TOO_COMPLEX,
         ),
         (
-            "100,000 UNIONs",
-            vec!["SELECT 1"; 100_000].join(" UNION "),
+            "60,000 UNIONs",
+            vec!["SELECT 1"; 60_000].join(" UNION "),
             SqlState::STATEMENT_TOO_COMPLEX,
         ),
         (
