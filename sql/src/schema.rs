@@ -105,14 +105,24 @@ impl Schema {
 
     /// Refuses (42501) unless `user` holds `needed` on `table`.
     pub fn check(&self, user: &str, table: &str, needed: Privileges) -> Result<()> {
-        if self.privileges(user, table).contains(needed) {
-            Ok(())
-        } else {
-            Err(SqlError::InsufficientPrivilege(format!(
-                "{user} may not {} table {table}",
-                needed.name()
-            )))
+        let missing = needed.without(self.privileges(user, table));
+        if missing == Privileges::default() {
+            return Ok(());
         }
+        let names: Vec<&str> = [
+            Privileges::SELECT,
+            Privileges::INSERT,
+            Privileges::UPDATE,
+            Privileges::DELETE,
+        ]
+        .into_iter()
+        .filter(|p| missing.contains(*p))
+        .map(Privileges::name)
+        .collect();
+        Err(SqlError::InsufficientPrivilege(format!(
+            "{user} lacks {} on table {table}",
+            names.join(", ")
+        )))
     }
 
     /// Refuses (42501) unless `user` is an administrator.

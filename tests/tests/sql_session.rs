@@ -602,6 +602,21 @@ async fn grants_decide_what_a_user_may_do_to_a_table() {
 
     root.execute("REVOKE SELECT ON t FROM alice").await.unwrap();
     assert_eq!(error_code(&mut alice, "SELECT v FROM t").await, "42501");
+    // Without SELECT, nothing that reads the table: UPDATE and DELETE (their WHERE sees the
+    // rows), RETURNING, INSERT … SELECT from the table itself. A blind INSERT still works.
+    alice.execute("INSERT INTO t VALUES (3, 30)").await.unwrap();
+    assert_eq!(
+        error_code(&mut alice, "UPDATE t SET v = 0 WHERE id = 3").await,
+        "42501"
+    );
+    assert_eq!(
+        error_code(&mut alice, "INSERT INTO t VALUES (4, 40) RETURNING v").await,
+        "42501"
+    );
+    assert_eq!(
+        error_code(&mut alice, "INSERT INTO t SELECT id + 100, v FROM t").await,
+        "42501"
+    );
 
     assert_eq!(
         error_code(&mut alice, "CREATE TABLE u (id INT PRIMARY KEY)").await,

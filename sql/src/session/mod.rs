@@ -551,7 +551,7 @@ async fn run_statement(
             let names = referenced_tables(stmt)?;
             let (tables, version) = schema.tables(&names).await?;
             let bound = bind_statement(stmt, &tables, param_types)?;
-            let needs = privileges_needed(&bound.kind, names);
+            let needs = privileges_needed(&bound.kind, stmt, names);
             let planned = Arc::new(CachedPlan {
                 version,
                 declared: param_types.to_vec(),
@@ -583,19 +583,39 @@ async fn run_statement(
     })
 }
 
-/// What running a statement of `kind` over `tables` takes: the statement's own privilege on
-/// its target (the first table named), and SELECT on every other table it reads.
+/// What running `stmt` (of `kind`, over `tables`, its target first) takes: SELECT on every
+/// table it reads, plus the statement's own privilege on its target. An UPDATE or DELETE reads
+/// its target (its WHERE clause and SET expressions see the rows, and so may its RETURNING),
+/// and so does an INSERT that returns rows or whose source is a query (which may read the
+/// target too: `referenced_tables` names each table once).
 fn privileges_needed(
     kind: &crate::binder::StatementKind,
+    stmt: &ast::Statement,
     tables: Vec<String>,
 ) -> Vec<(String, crate::users::Privileges)> {
     use crate::binder::StatementKind;
     use crate::users::Privileges;
     let target = match kind {
         StatementKind::Select => Privileges::SELECT,
-        StatementKind::Insert => Privileges::INSERT,
-        StatementKind::Update => Privileges::UPDATE,
-        StatementKind::Delete => Privileges::DELETE,
+        StatementKind::Insert => {
+            let reads = match stmt {
+                ast::Statement::Insert(insert) => {
+                    insert.returning.is_some()
+                        || insert
+                            .source
+                            .as_ref()
+                            .is_some_and(|q| !matches!(*q.body, ast::SetExpr::Values(_)))
+                }
+                _ => true,
+            };
+            if reads {
+                Privileges::INSERT.union(Privileges::SELECT)
+            } else {
+                Privileges::INSERT
+            }
+        }
+        StatementKind::Update => Privileges::UPDATE.union(Privileges::SELECT),
+        StatementKind::Delete => Privileges::DELETE.union(Privileges::SELECT),
     };
     tables
         .into_iter()
