@@ -640,6 +640,14 @@ async fn grants_decide_what_a_user_may_do_to_a_table() {
         "42P01"
     );
 
+    // A dropped table's grants go with it: a new table of the same name starts without them.
+    root.execute("GRANT ALL ON t TO alice").await.unwrap();
+    root.execute("DROP TABLE t").await.unwrap();
+    root.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+        .await
+        .unwrap();
+    assert_eq!(error_code(&mut alice, "SELECT v FROM t").await, "42501");
+
     // A dropped user's grants go with it.
     root.execute("GRANT ALL ON t TO alice").await.unwrap();
     root.execute("DROP USER alice").await.unwrap();

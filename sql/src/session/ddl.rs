@@ -165,6 +165,16 @@ impl Session {
                 for name in &names {
                     if catalog::get_table(&mut txn, name).await?.is_some() {
                         catalog::delete_table(&mut txn, name)?;
+                        // Its grants go too: a new table of the same name starts without them.
+                        let (_, grants) = crate::users::list(&mut txn).await?;
+                        for g in grants.iter().filter(|g| &g.table == name) {
+                            crate::users::put_grant(
+                                &mut txn,
+                                &g.user,
+                                name,
+                                crate::users::Privileges::default(),
+                            )?;
+                        }
                         dropped = true;
                     } else if !if_exists {
                         txn.rollback().await;

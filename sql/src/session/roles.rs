@@ -228,12 +228,6 @@ impl Session {
                 )))
             }
         };
-        let (found, _) = self.schema.tables(&tables).await?;
-        for table in &tables {
-            if found.get(table).cloned().flatten().is_none() {
-                return Err(SqlError::UndefinedTable(table.clone()));
-            }
-        }
         let grantees = grantees
             .iter()
             .map(|g| match &g.name {
@@ -244,6 +238,11 @@ impl Session {
         self.access_ddl(move |txn| {
             let (tables, grantees) = (tables.clone(), grantees.clone());
             Box::pin(async move {
+                for table in &tables {
+                    if crate::catalog::get_table(txn, table).await?.is_none() {
+                        return Err(SqlError::UndefinedTable(table.clone()));
+                    }
+                }
                 for user in &grantees {
                     if users::get(txn, user).await?.is_none() {
                         return Err(SqlError::UndefinedObject(format!(
