@@ -80,8 +80,8 @@ pub struct Schema {
     pub tables: HashMap<String, Arc<TableDesc>>,
     /// Every user's administrator flag, by name.
     admins: HashMap<String, bool>,
-    /// Grants, by (user, table).
-    grants: HashMap<(String, String), Privileges>,
+    /// Grants, by user, then table (looked up without allocating on every statement).
+    grants: HashMap<String, HashMap<String, Privileges>>,
     /// The snapshot timestamp it was read at.
     read_ts: u64,
 }
@@ -98,7 +98,8 @@ impl Schema {
             return Privileges::ALL;
         }
         self.grants
-            .get(&(user.to_string(), table.to_string()))
+            .get(user)
+            .and_then(|tables| tables.get(table))
             .copied()
             .unwrap_or_default()
     }
@@ -204,10 +205,13 @@ impl SchemaCache {
                 .map(|t| (t.name.clone(), Arc::new(t)))
                 .collect(),
             admins: users.into_iter().map(|u| (u.name, u.admin)).collect(),
-            grants: grants
-                .into_iter()
-                .map(|g| ((g.user, g.table), g.privileges))
-                .collect(),
+            grants: grants.into_iter().fold(HashMap::new(), |mut by_user, g| {
+                by_user
+                    .entry(g.user)
+                    .or_insert_with(HashMap::new)
+                    .insert(g.table, g.privileges);
+                by_user
+            }),
             read_ts,
         })
     }

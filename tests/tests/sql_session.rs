@@ -556,6 +556,10 @@ async fn user_ddl_is_for_administrators_and_stores_verifiers() {
     );
     assert_eq!(error_code(&mut root, "DROP USER nobody").await, "42704");
     root.execute("DROP USER IF EXISTS nobody").await.unwrap();
+    // Names fold to lower case unless quoted, as table names do.
+    root.execute("CREATE USER Carol").await.unwrap();
+    root.execute("DROP USER carol").await.unwrap();
+    assert_eq!(error_code(&mut root, "CREATE USER node").await, "42602");
     root.execute("DROP USER alice, bob").await.unwrap();
     assert!(stored(&cluster, "alice").await.is_none());
     assert!(stored(&cluster, "root").await.is_some_and(|r| r.admin));

@@ -253,6 +253,8 @@ impl RaftGroup {
             return Ok(out);
         }
         let mut ready = self.node.ready();
+        // raft-rs's rule: entries, a snapshot, or a term or vote change.
+        out.needs_sync = ready.must_sync();
         if ready.ss().is_some() {
             self.term_start_index = if self.node.raft.state == StateRole::Leader {
                 Some(self.node.raft.raft_log.last_index())
@@ -307,10 +309,7 @@ impl RaftGroup {
             debug_assert!(first.index <= last.index);
             self.storage.append(entries).map_err(|e| self.corrupt(e))?;
         }
-        out.needs_sync = out.snapshot.is_some() || !entries.is_empty();
         if let Some(hs) = ready.hs() {
-            let before = self.storage.hard_state();
-            out.needs_sync |= hs.term != before.term || hs.vote != before.vote;
             batch.put(
                 Cf::Raft,
                 keys::hard_state(self.id),

@@ -90,7 +90,9 @@ pub async fn serve(
         if let Err(error) = socket.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
-        let session = Session::with_schema(store.clone(), schema.clone());
+        let mut session = Session::with_schema(store.clone(), schema.clone());
+        // Nobody until the startup handler logs someone in (an empty name holds no rights).
+        session.set_user("");
         let connection = Arc::new(handler::Connection::new(session));
         let mut stop = stop_tx.subscribe();
         let (gate, acceptor) = (gate.clone(), acceptor.clone());

@@ -63,7 +63,7 @@ fn object_name(name: &ast::ObjectName) -> Result<String> {
         [part] => {
             let name = part
                 .as_ident()
-                .map(|i| i.value.clone())
+                .map(crate::binder::ident_name)
                 .ok_or_else(|| SqlError::Syntax(format!("{name} is not a user name")))?;
             users::check_name(&name)?;
             Ok(name)
@@ -122,22 +122,23 @@ impl Session {
     ) -> Result<StatementResult> {
         self.check_ddl_allowed("ALTER USER")?;
         self.check_admin("ALTER USER").await?;
-        let name = name.value.clone();
+        let name = crate::binder::ident_name(name);
         users::check_name(&name)?;
         let ast::AlterRoleOperation::WithOptions { options } = operation else {
             return Err(SqlError::unsupported(format!("ALTER USER … {operation}")));
         };
         let mut changes = Changes::default();
+        let (mut superuser, mut create_role) = (None, None);
         for option in options {
             match option {
                 ast::RoleOption::Password(p) => changes.password = Some(password_text(p)?),
-                ast::RoleOption::SuperUser(b) | ast::RoleOption::CreateRole(b) => {
-                    changes.admin = Some(*b)
-                }
+                ast::RoleOption::SuperUser(b) => superuser = Some(*b),
+                ast::RoleOption::CreateRole(b) => create_role = Some(*b),
                 ast::RoleOption::Login(_) => {}
                 other => return Err(SqlError::unsupported(format!("ALTER USER … {other}"))),
             }
         }
+        changes.admin = admin_option(superuser, create_role);
         if name == ROOT && changes.admin == Some(false) {
             return Err(SqlError::InsufficientPrivilege(
                 "root stays an administrator".into(),
