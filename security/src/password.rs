@@ -61,6 +61,22 @@ impl Verifier {
         }
     }
 
+    /// A verifier no password matches, for a login as a user that does not exist or has no
+    /// password: the exchange then fails at its last step, as a wrong password does, so a
+    /// client cannot tell which users exist. Its salt depends only on the name, as a real
+    /// user's stays the same between attempts.
+    pub fn mock(user: &str) -> Verifier {
+        let salt = Sha256::digest(format!("meridian mock salt {user}").as_bytes())[..16].to_vec();
+        let mut keys = [0u8; 64];
+        rand::thread_rng().fill_bytes(&mut keys);
+        Verifier {
+            iterations: ITERATIONS,
+            salt,
+            stored_key: keys[..32].to_vec(),
+            server_key: keys[32..].to_vec(),
+        }
+    }
+
     /// Whether `password` is the one this verifier was made from (for logins that send it in
     /// the clear, over TLS).
     pub fn matches(&self, password: &str) -> bool {

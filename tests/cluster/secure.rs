@@ -128,6 +128,18 @@ async fn secure_cluster_needs_tls_and_a_certificate_or_password() {
         text(&out)
     );
 
+    // A user that does not exist fails the same way, so logins do not reveal who exists.
+    let as_nobody = format!("{base} user=nobody sslmode=verify-full");
+    let out = psql(&psql_bin, &as_nobody, Some("correct horse"), "SELECT 1").await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .to_lowercase()
+            .contains("password authentication failed"),
+        "{}",
+        text(&out)
+    );
+
     let plain = format!("host=127.0.0.1 port={port} dbname=meridian user=alice sslmode=disable");
     let out = psql(&psql_bin, &plain, Some("correct horse"), "SELECT 1").await;
     assert!(!out.status.success());

@@ -29,6 +29,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use super::handler::Connection;
 use crate::users;
 use meridian_kv::{Client, ReadBound, Txn};
+use meridian_security::password::Verifier;
 
 /// How the server admits connections.
 #[derive(Clone)]
@@ -103,9 +104,11 @@ impl AuthSource for UserSource {
 
     async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
         let user = login.user().unwrap_or_default();
-        let refused = || PgWireError::InvalidPassword(user.to_owned());
-        let record = read_user(&self.store, user).await.ok_or_else(refused)?;
-        let verifier = record.verifier().ok().flatten().ok_or_else(refused)?;
+        // A user that does not exist, or has no password, fails where a wrong password does.
+        let verifier = read_user(&self.store, user)
+            .await
+            .and_then(|record| record.verifier().ok().flatten())
+            .unwrap_or_else(|| Verifier::mock(user));
         Ok((
             ScramSecret::Verifier {
                 salt: verifier.salt,
