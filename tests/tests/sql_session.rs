@@ -581,6 +581,10 @@ async fn grants_decide_what_a_user_may_do_to_a_table() {
     alice.set_user("alice");
 
     assert_eq!(error_code(&mut alice, "SELECT v FROM t").await, "42501");
+    let text = |v: &str| vec![vec![Datum::Text(v.to_string())]];
+    assert_eq!(query(&mut alice, "SHOW is_superuser").await, text("off"));
+    assert_eq!(query(&mut alice, "SHOW session_user").await, text("alice"));
+    assert_eq!(query(&mut root, "SHOW is_superuser").await, text("on"));
     root.execute("GRANT SELECT ON TABLE t TO alice")
         .await
         .unwrap();

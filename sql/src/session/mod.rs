@@ -498,7 +498,7 @@ impl Session {
             } => self.drop_roles(names, *if_exists).await,
             ast::Statement::ShowTables { .. } => self.show_tables().await,
             ast::Statement::ShowVariable { variable } => {
-                self.show(&settings::variable_name(variable))
+                self.show(&settings::variable_name(variable)).await
             }
             ast::Statement::Set(set) => self.set(set).await,
             ast::Statement::Reset(reset) => self.reset(reset),

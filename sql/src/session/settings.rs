@@ -32,7 +32,7 @@ impl Session {
         })
     }
 
-    pub(super) fn show(&self, name: &str) -> Result<StatementResult> {
+    pub(super) async fn show(&self, name: &str) -> Result<StatementResult> {
         let timestamp = |ts: Option<u64>, what: &str| -> Result<Datum> {
             let ts = ts.ok_or_else(|| {
                 SqlError::ObjectNotInPrerequisiteState(format!("no {what} in this session yet"))
@@ -44,6 +44,11 @@ impl Session {
         let value = match name {
             "commit_timestamp" => timestamp(self.last_commit_ts, "transaction has committed")?,
             "read_timestamp" => timestamp(self.last_read_ts, "read-only transaction has read")?,
+            "is_superuser" => {
+                let admin = self.schema.current().await?.is_admin(&self.user);
+                Datum::Text(if admin { "on" } else { "off" }.to_string())
+            }
+            "session_user" | "current_user" => Datum::Text(self.user.clone()),
             _ => Datum::Text(self.setting(name)?),
         };
         Ok(StatementResult {
