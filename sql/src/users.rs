@@ -68,7 +68,7 @@ fn user_key(name: &str) -> Vec<u8> {
 
 /// Refuses names that are empty or too long (42602, PostgreSQL's invalid_name).
 pub fn check_name(name: &str) -> Result<()> {
-    if name == "node" {
+    if name == meridian_security::certs::NODE_NAME {
         return Err(SqlError::InvalidName(
             "\"node\" names the cluster's nodes, not a user".into(),
         ));

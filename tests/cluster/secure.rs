@@ -170,82 +170,61 @@ async fn secure_cluster_needs_tls_and_a_certificate_or_password() {
     );
 
     // gRPC: a caller without a node certificate reaches no service, in plain text or in TLS
-    // that trusts the CA but presents no certificate of its own.
-    let ca_pem = std::fs::read(certs.join("ca.crt")).expect("ca.crt");
+    // that trusts the CA but presents no certificate of its own; nor does a SQL user's
+    // certificate, signed by the same CA but not a node's.
+    let read = |name: &str| std::fs::read(certs.join(name)).expect("a certificate file");
+    let trusting_ca = || {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.crt")))
+            .domain_name("node")
+    };
     for index in 0..cluster.len() {
         let addr = cluster.server_addr(index);
-        let plain = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut client = TabletClient::connect(format!("http://{addr}"))
-                .await
-                .map_err(|e| e.to_string())?;
-            client
-                .txn(pb::TxnRequest::default())
-                .await
-                .map(|_| ())
-                .map_err(|s| s.to_string())
-        })
-        .await
-        .expect("the server answers or hangs up");
+        let plain = tablet_call(addr, None).await;
         assert!(
             plain.is_err(),
             "a plain-text call to server {} went through",
             index + 1
         );
-
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem.clone()))
-            .domain_name("node");
-        let anonymous = tokio::time::timeout(Duration::from_secs(10), async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-                .map_err(|e| e.to_string())?
-                .tls_config(tls)
-                .map_err(|e| e.to_string())?
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
-            TabletClient::new(channel)
-                .txn(pb::TxnRequest::default())
-                .await
-                .map(|_| ())
-                .map_err(|s| s.to_string())
-        })
-        .await
-        .expect("the server answers or hangs up");
+        let anonymous = tablet_call(addr, Some(trusting_ca())).await;
         assert!(
             anonymous.is_err(),
             "a call to server {} without a client certificate went through",
             index + 1
         );
-
-        // A SQL user's certificate is signed by the same CA, but is not a node's.
-        let read = |name: &str| std::fs::read(certs.join(name)).expect("a certificate file");
-        let as_user = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem.clone()))
-            .identity(tonic::transport::Identity::from_pem(
-                read("client.root.crt"),
-                read("client.root.key"),
-            ))
-            .domain_name("node");
-        let user_call = tokio::time::timeout(Duration::from_secs(10), async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-                .map_err(|e| e.to_string())?
-                .tls_config(as_user)
-                .map_err(|e| e.to_string())?
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
-            TabletClient::new(channel)
-                .txn(pb::TxnRequest::default())
-                .await
-                .map(|_| ())
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-        })
-        .await
-        .expect("the server answers or hangs up");
-        match user_call {
+        let as_user = trusting_ca().identity(tonic::transport::Identity::from_pem(
+            read("client.root.crt"),
+            read("client.root.key"),
+        ));
+        match tablet_call(addr, Some(as_user)).await {
             Err(e) => assert!(e.contains("PermissionDenied"), "{e}"),
             Ok(()) => panic!("a SQL user's certificate reached server {}", index + 1),
         }
     }
     drop(cluster);
+}
+
+/// One `Tablet.txn` call to `addr`, in plain text or with `tls`; the error as text (with its
+/// status code) if the call did not go through.
+async fn tablet_call(
+    addr: std::net::SocketAddr,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<(), String> {
+    let call = async {
+        let endpoint = match tls {
+            None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")),
+            Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .and_then(|e| e.tls_config(tls)),
+        }
+        .map_err(|e| e.to_string())?;
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        TabletClient::new(channel)
+            .txn(pb::TxnRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the server answers or hangs up")
 }

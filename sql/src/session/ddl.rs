@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use sqlparser::ast;
 
-use super::{
-    coerce_params, retry_backoff, CommandTag, Session, StatementResult, MAX_AUTOCOMMIT_RETRIES,
-};
+use super::{coerce_params, CommandTag, Session, StatementResult};
 use crate::binder::{bind_create_table, bind_split_points, table_name, BoundSplitPoints};
 use crate::catalog::{self, TableDesc};
 use crate::encoding::encode_key_datum;
@@ -79,74 +77,47 @@ impl Session {
         let (desc, bound) = bind_split_at(&self.schema, table, values, param_types).await?;
         let params = coerce_params(params, &bound.param_types)?;
         let keys = split_keys(&desc, &bound.rows, &params)?;
-        let mut attempt = 0;
-        loop {
-            match self
-                .store
-                .split_at(keys.clone())
-                .await
-                .map_err(SqlError::from)
-            {
-                Err(e) if e.is_retryable() && attempt < MAX_AUTOCOMMIT_RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(retry_backoff(attempt)).await;
-                }
-                Err(e) => return Err(e),
-                Ok(()) => return Ok(StatementResult::command(CommandTag::AlterTable)),
-            }
-        }
+        let store = self.store.clone();
+        super::retrying(|| async { Ok(store.split_at(keys.clone()).await?) }).await?;
+        Ok(StatementResult::command(CommandTag::AlterTable))
     }
 
     pub(super) async fn create_table(
         &mut self,
         create: &ast::CreateTable,
     ) -> Result<StatementResult> {
-        let (mut desc, if_not_exists) = bind_create_table(create)?;
-        let mut id = None;
-        let mut attempt = 0;
-        loop {
-            let outcome: Result<Option<u64>> = async {
-                let mut txn = meridian_kv::Txn::from(self.store.begin(None));
-                if catalog::get_table(&mut txn, &desc.name).await?.is_some() {
-                    txn.rollback().await;
-                    return if if_not_exists {
-                        Ok(None)
-                    } else {
-                        Err(SqlError::DuplicateTable(desc.name.clone()))
-                    };
-                }
-                let table_id = match id {
-                    Some(table_id) => table_id,
-                    None => {
-                        let table_id = self.store.create_table_range().await?;
-                        id = Some(table_id);
-                        table_id
-                    }
+        let (desc, if_not_exists) = bind_create_table(create)?;
+        // The table id is allocated once; a retried attempt reuses it.
+        let id = parking_lot::Mutex::new(None);
+        let store = self.store.clone();
+        let ts = super::retrying(|| async {
+            let mut txn = meridian_kv::Txn::from(store.begin(None));
+            if catalog::get_table(&mut txn, &desc.name).await?.is_some() {
+                txn.rollback().await;
+                return if if_not_exists {
+                    Ok(None)
+                } else {
+                    Err(SqlError::DuplicateTable(desc.name.clone()))
                 };
-                desc.id = table_id.0;
-                catalog::put_table(&mut txn, &desc)?;
-                schema::bump_version(&mut txn).await?;
-                Ok(txn.commit().await?)
             }
-            .await;
-            match outcome {
-                Err(e) if e.is_retryable() && attempt < MAX_AUTOCOMMIT_RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(retry_backoff(attempt)).await;
+            let known = *id.lock();
+            let table_id = match known {
+                Some(table_id) => table_id,
+                None => {
+                    let table_id = store.create_table_range().await?;
+                    *id.lock() = Some(table_id);
+                    table_id
                 }
-                Err(e) => return Err(e),
-                Ok(ts) => {
-                    if let Some(ts) = ts {
-                        self.last_commit_ts = Some(ts);
-                    }
-                    // Even a DDL that changed nothing waits: it may have seen a change whose
-                    // own DDL has not returned yet, and its client may rely on it everywhere.
-                    let seen = ts.unwrap_or_else(|| self.store.clock().now().latest.0);
-                    self.schema.wait_out_leases(seen).await;
-                    return Ok(StatementResult::command(CommandTag::CreateTable));
-                }
-            }
-        }
+            };
+            let mut desc = desc.clone();
+            desc.id = table_id.0;
+            catalog::put_table(&mut txn, &desc)?;
+            schema::bump_version(&mut txn).await?;
+            Ok(txn.commit().await?)
+        })
+        .await?;
+        self.after_ddl(ts).await;
+        Ok(StatementResult::command(CommandTag::CreateTable))
     }
 
     /// Drops tables by deleting their descriptors. Their rows stay in storage, unreachable
@@ -157,53 +128,48 @@ impl Session {
         if_exists: bool,
     ) -> Result<StatementResult> {
         let names = names.iter().map(table_name).collect::<Result<Vec<_>>>()?;
-        let mut attempt = 0;
-        loop {
-            let outcome: Result<Option<u64>> = async {
-                let mut txn = meridian_kv::Txn::from(self.store.begin(None));
-                let mut dropped = false;
-                for name in &names {
-                    if catalog::get_table(&mut txn, name).await?.is_some() {
-                        catalog::delete_table(&mut txn, name)?;
-                        // Its grants go too: a new table of the same name starts without them.
-                        let (_, grants) = crate::users::list(&mut txn).await?;
-                        for g in grants.iter().filter(|g| &g.table == name) {
-                            crate::users::put_grant(
-                                &mut txn,
-                                &g.user,
-                                name,
-                                crate::users::Privileges::default(),
-                            )?;
-                        }
-                        dropped = true;
-                    } else if !if_exists {
-                        txn.rollback().await;
-                        return Err(SqlError::UndefinedTable(name.clone()));
+        let store = self.store.clone();
+        let ts = super::retrying(|| async {
+            let mut txn = meridian_kv::Txn::from(store.begin(None));
+            let mut dropped = false;
+            for name in &names {
+                if catalog::get_table(&mut txn, name).await?.is_some() {
+                    catalog::delete_table(&mut txn, name)?;
+                    // Its grants go too: a new table of the same name starts without them.
+                    let (_, grants) = crate::users::list(&mut txn).await?;
+                    for g in grants.iter().filter(|g| &g.table == name) {
+                        crate::users::put_grant(
+                            &mut txn,
+                            &g.user,
+                            name,
+                            crate::users::Privileges::default(),
+                        )?;
                     }
-                }
-                if dropped {
-                    schema::bump_version(&mut txn).await?;
-                }
-                Ok(txn.commit().await?)
-            }
-            .await;
-            match outcome {
-                Err(e) if e.is_retryable() && attempt < MAX_AUTOCOMMIT_RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(retry_backoff(attempt)).await;
-                }
-                Err(e) => return Err(e),
-                Ok(ts) => {
-                    if let Some(ts) = ts {
-                        self.last_commit_ts = Some(ts);
-                    }
-                    // Even a DDL that changed nothing waits: it may have seen a change whose
-                    // own DDL has not returned yet, and its client may rely on it everywhere.
-                    let seen = ts.unwrap_or_else(|| self.store.clock().now().latest.0);
-                    self.schema.wait_out_leases(seen).await;
-                    return Ok(StatementResult::command(CommandTag::DropTable));
+                    dropped = true;
+                } else if !if_exists {
+                    txn.rollback().await;
+                    return Err(SqlError::UndefinedTable(name.clone()));
                 }
             }
+            if dropped {
+                schema::bump_version(&mut txn).await?;
+            }
+            Ok(txn.commit().await?)
+        })
+        .await?;
+        self.after_ddl(ts).await;
+        Ok(StatementResult::command(CommandTag::DropTable))
+    }
+
+    /// After a DDL transaction that committed at `ts` (`None`: it wrote nothing): records the
+    /// commit timestamp and waits out every gateway's schema lease. Even a DDL that changed
+    /// nothing waits: it may have seen a change whose own DDL has not returned yet, and its
+    /// client may rely on it everywhere.
+    pub(super) async fn after_ddl(&mut self, ts: Option<u64>) {
+        if let Some(ts) = ts {
+            self.last_commit_ts = Some(ts);
         }
+        let seen = ts.unwrap_or_else(|| self.store.clock().now().latest.0);
+        self.schema.wait_out_leases(seen).await;
     }
 }

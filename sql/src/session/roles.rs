@@ -298,11 +298,7 @@ impl Session {
             }
         })
         .await?;
-        if let Some(ts) = ts {
-            self.last_commit_ts = Some(ts);
-        }
-        let seen = ts.unwrap_or_else(|| self.store.clock().now().latest.0);
-        self.schema.wait_out_leases(seen).await;
+        self.after_ddl(ts).await;
         Ok(())
     }
 }
