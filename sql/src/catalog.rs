@@ -130,11 +130,12 @@ pub fn delete_table(txn: &mut Txn, name: &str) -> Result<()> {
 
 /// All table descriptors, in name order, read inside `txn`.
 pub async fn list_tables(txn: &mut Txn) -> Result<Vec<TableDesc>> {
-    scan_index(txn, PRIMARY_INDEX_ID)
-        .await?
-        .iter()
-        .map(|value| decode_descriptor(value))
-        .collect()
+    decode_tables(&scan_index(txn, PRIMARY_INDEX_ID).await?)
+}
+
+/// The table descriptors among the values of the primary catalog index.
+pub fn decode_tables(values: &[Vec<u8>]) -> Result<Vec<TableDesc>> {
+    values.iter().map(|v| decode_descriptor(v)).collect()
 }
 
 /// The values of every row of the catalog index `index`, in key order, read inside `txn` a
@@ -142,18 +143,41 @@ pub async fn list_tables(txn: &mut Txn) -> Result<Vec<TableDesc>> {
 pub async fn scan_index(txn: &mut Txn, index: u8) -> Result<Vec<Vec<u8>>> {
     let start = index_prefix(CATALOG_TABLE_ID, index);
     let end = prefix_end(&start).unwrap_or_else(|| table_prefix(CATALOG_TABLE_ID + 1));
-    let mut values = Vec::new();
+    Ok(scan_rows(txn, start, &end)
+        .await?
+        .into_iter()
+        .map(|(_, value)| value)
+        .collect())
+}
+
+/// Every row of the catalog table (descriptors, the schema version, users, grants), read in
+/// one paged scan inside `txn`: the values of each index, by index id, in key order.
+pub async fn scan_all(txn: &mut Txn) -> Result<HashMap<u8, Vec<Vec<u8>>>> {
+    let start = table_prefix(CATALOG_TABLE_ID);
+    let end = table_prefix(CATALOG_TABLE_ID + 1);
+    let mut by_index: HashMap<u8, Vec<Vec<u8>>> = HashMap::new();
+    for (key, value) in scan_rows(txn, start, &end).await? {
+        if let Some(&index) = key.get(table_prefix(CATALOG_TABLE_ID).len()) {
+            by_index.entry(index).or_default().push(value);
+        }
+    }
+    Ok(by_index)
+}
+
+/// The rows in `[start, end)`, a page at a time.
+async fn scan_rows(txn: &mut Txn, start: Vec<u8>, end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut rows = Vec::new();
     let mut cursor = start;
     loop {
-        let page = txn.scan(&cursor, &end, Some(CATALOG_PAGE_SIZE)).await?;
+        let page = txn.scan(&cursor, end, Some(CATALOG_PAGE_SIZE)).await?;
         let full = page.len() == CATALOG_PAGE_SIZE;
         for (key, value) in page {
-            cursor = key;
+            cursor = key.clone();
             cursor.push(0);
-            values.push(value);
+            rows.push((key, value));
         }
         if !full {
-            return Ok(values);
+            return Ok(rows);
         }
     }
 }

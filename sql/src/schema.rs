@@ -52,11 +52,15 @@ pub fn version_key() -> Vec<u8> {
 
 /// Reads the schema version inside `txn` (0 before the first DDL).
 pub async fn read_version(txn: &mut Txn) -> Result<u64> {
-    match txn.get(&version_key()).await? {
+    decode_version(txn.get(&version_key()).await?.as_deref())
+}
+
+/// The schema version stored as `bytes` (0 before the first DDL).
+fn decode_version(bytes: Option<&[u8]>) -> Result<u64> {
+    match bytes {
         None => Ok(0),
         Some(bytes) => {
             let array: [u8; 8] = bytes
-                .as_slice()
                 .try_into()
                 .map_err(|_| SqlError::Internal("corrupt schema version row".into()))?;
             Ok(u64::from_be_bytes(array))
@@ -192,9 +196,12 @@ impl SchemaCache {
     /// Reads the whole catalog and its version in one strong snapshot.
     async fn load(&self) -> Result<Schema> {
         let mut txn = Txn::from(self.client.begin_read_only(ReadBound::Strong));
-        let version = read_version(&mut txn).await?;
-        let tables = catalog::list_tables(&mut txn).await?;
-        let (users, grants) = crate::users::list(&mut txn).await?;
+        // The whole catalog in one scan: descriptors, version, users and grants.
+        let rows = catalog::scan_all(&mut txn).await?;
+        let index = |id| rows.get(&id).map_or(&[][..], Vec::as_slice);
+        let version = decode_version(index(VERSION_INDEX_ID).first().map(Vec::as_slice))?;
+        let tables = catalog::decode_tables(index(crate::encoding::PRIMARY_INDEX_ID))?;
+        let (users, grants) = crate::users::from_catalog(&rows)?;
         let read_ts = txn
             .read_ts()
             .ok_or_else(|| SqlError::Internal("a catalog snapshot without a timestamp".into()))?;

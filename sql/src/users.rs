@@ -190,19 +190,26 @@ pub fn put_grant(txn: &mut Txn, user: &str, table: &str, privileges: Privileges)
 
 /// Every user (root included) and every grant, read in `txn`.
 pub async fn list(txn: &mut Txn) -> Result<(Vec<UserRecord>, Vec<Grant>)> {
-    let mut users: Vec<UserRecord> = crate::catalog::scan_index(txn, USERS_INDEX_ID)
-        .await?
-        .iter()
-        .map(|v| decode(v))
-        .collect::<Result<_>>()?;
+    let users = crate::catalog::scan_index(txn, USERS_INDEX_ID).await?;
+    let grants = crate::catalog::scan_index(txn, GRANTS_INDEX_ID).await?;
+    decode_all(&users, &grants)
+}
+
+/// Every user (root included) and every grant, from the rows of the catalog's user and grant
+/// indexes (`catalog::scan_all` reads them with the rest of the catalog).
+pub fn from_catalog(
+    by_index: &std::collections::HashMap<u8, Vec<Vec<u8>>>,
+) -> Result<(Vec<UserRecord>, Vec<Grant>)> {
+    let rows = |index| by_index.get(&index).map_or(&[][..], Vec::as_slice);
+    decode_all(rows(USERS_INDEX_ID), rows(GRANTS_INDEX_ID))
+}
+
+fn decode_all(users: &[Vec<u8>], grants: &[Vec<u8>]) -> Result<(Vec<UserRecord>, Vec<Grant>)> {
+    let mut users: Vec<UserRecord> = users.iter().map(|v| decode(v)).collect::<Result<_>>()?;
     if !users.iter().any(|u| u.name == ROOT) {
         users.push(root());
     }
-    let grants = crate::catalog::scan_index(txn, GRANTS_INDEX_ID)
-        .await?
-        .iter()
-        .map(|v| decode(v))
-        .collect::<Result<_>>()?;
+    let grants = grants.iter().map(|v| decode(v)).collect::<Result<_>>()?;
     Ok((users, grants))
 }
 
