@@ -30,6 +30,10 @@ pub struct ServerMetrics {
     pub commits: IntCounterVec,
     /// Scans served at leaders.
     pub scans: IntCounter,
+    /// Raft snapshots this server received whole (and handed to its replica to install).
+    pub snapshots_received: IntCounter,
+    /// Bytes of data pairs in those snapshots.
+    pub snapshot_bytes_received: IntCounter,
 }
 
 impl ServerMetrics {
@@ -54,16 +58,28 @@ impl ServerMetrics {
             &["outcome"],
         )?;
         let scans = IntCounter::new("scans_total", "Scans served at tablet leaders")?;
+        let snapshots_received = IntCounter::new(
+            "snapshots_received_total",
+            "Raft snapshots received whole from leaders",
+        )?;
+        let snapshot_bytes_received = IntCounter::new(
+            "snapshot_bytes_received_total",
+            "Bytes of data in the Raft snapshots received",
+        )?;
         registry.register(Box::new(commit_wait_seconds.clone()))?;
         registry.register(Box::new(commit_seconds.clone()))?;
         registry.register(Box::new(commits.clone()))?;
         registry.register(Box::new(scans.clone()))?;
+        registry.register(Box::new(snapshots_received.clone()))?;
+        registry.register(Box::new(snapshot_bytes_received.clone()))?;
         Ok(Arc::new(ServerMetrics {
             registry,
             commit_wait_seconds,
             commit_seconds,
             commits,
             scans,
+            snapshots_received,
+            snapshot_bytes_received,
         }))
     }
 }

@@ -176,6 +176,7 @@ pub async fn run(
     };
     let raft_service = RaftService {
         driver: driver.clone(),
+        metrics: metrics.clone(),
     };
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(

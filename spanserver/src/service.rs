@@ -15,7 +15,7 @@ use meridian_proto as pb;
 use meridian_proto::tablet_error::Kind;
 use meridian_truetime::{Timestamp, TrueTime};
 use protobuf::Message as _;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -727,6 +727,7 @@ impl TabletService {
 /// The inbound side of the Raft transport.
 pub struct RaftService {
     pub driver: DriverHandle,
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 #[tonic::async_trait]
@@ -741,11 +742,66 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
             for m in batch.messages {
                 let msg = Message::parse_from_bytes(&m.message)
                     .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    // Its data would be missing: installing it would empty the range.
+                    return Err(Status::invalid_argument(
+                        "snapshots go through SendSnapshot",
+                    ));
+                }
                 if !self.driver.send(Event::Raft(GroupId(m.group_id), msg)) {
                     return Err(Status::unavailable("server shutting down"));
                 }
             }
         }
+        Ok(Response::new(pb::RaftAck {}))
+    }
+
+    /// Takes a whole streamed snapshot, then hands raft-rs the message with its data in place.
+    /// A stream that breaks off, or holds anything but a snapshot of one tablet's range, is
+    /// refused and nothing of it reaches the driver.
+    async fn send_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))??;
+        let mut msg = Message::parse_from_bytes(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+        if msg.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "a snapshot stream must start with a snapshot message",
+            ));
+        }
+        let mut assembler = tablet::snapshot::Assembler::new(msg.get_snapshot().get_data())
+            .map_err(Status::invalid_argument)?;
+        let mut done = false;
+        let mut bytes = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if done {
+                return Err(Status::invalid_argument("data after the snapshot's end"));
+            }
+            if !chunk.data.is_empty() {
+                assembler
+                    .add(&chunk.data)
+                    .map_err(Status::invalid_argument)?;
+                bytes += chunk.data.len() as u64;
+            }
+            done = chunk.done;
+        }
+        if !done {
+            return Err(Status::aborted("the snapshot stream ended early"));
+        }
+        let data = assembler.finish();
+        msg.mut_snapshot().set_data(data.into());
+        if !self.driver.send(Event::Raft(GroupId(first.group_id), msg)) {
+            return Err(Status::unavailable("server shutting down"));
+        }
+        self.metrics.snapshots_received.inc();
+        self.metrics.snapshot_bytes_received.inc_by(bytes);
         Ok(Response::new(pb::RaftAck {}))
     }
 }

@@ -257,7 +257,7 @@ mod tests {
     fn set_operator_chains_nest() {
         let unions = vec!["SELECT 1"; 5_000].join(" UNION ");
         assert!(bound(&unions) > MAX_NESTING);
-        let few = vec!["SELECT a + 1 FROM t"; 10].join(" UNION ALL ");
+        let few = ["SELECT a + 1 FROM t"; 10].join(" UNION ALL ");
         assert!(bound(&few) < 20, "{}", bound(&few));
     }
 

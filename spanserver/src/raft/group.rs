@@ -19,7 +19,7 @@
 use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
-    Entry, EntryType, HardState, Message, MessageType, Snapshot,
+    Entry, EntryType, HardState, Message, Snapshot,
 };
 use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
@@ -318,7 +318,6 @@ impl RaftGroup {
             self.storage.set_hard_state(hs.clone());
         }
         self.in_flight = Some(ready);
-        self.report_snapshots_sent(&out.messages);
         Ok(out)
     }
 
@@ -348,18 +347,18 @@ impl RaftGroup {
         }
         out.messages.extend(light.take_messages());
         out.committed = light.take_committed_entries();
-        self.report_snapshots_sent(&out.messages);
         Ok(out)
     }
 
-    /// A snapshot handed to the transport counts as sent: the leader then probes the replica,
-    /// and sends another if it never arrived.
-    fn report_snapshots_sent(&mut self, messages: &[Message]) {
-        for m in messages {
-            if m.get_msg_type() == MessageType::MsgSnapshot {
-                self.node.report_snapshot(m.to, SnapshotStatus::Finish);
-            }
-        }
+    /// Tells raft-rs how a snapshot transfer to replica `to` ended: once delivered, the leader
+    /// probes the replica; after a failure it sends another snapshot.
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(to, status);
     }
 
     /// Compacts the log up to and including `index` (applied), in memory and in `batch`.
@@ -391,8 +390,9 @@ impl RaftGroup {
         self.storage.snapshot_wanted()
     }
 
-    /// Offers a snapshot of the state machine at the applied index, whose data is `data`.
-    pub fn offer_snapshot(&mut self, data: Vec<u8>) -> Result<(), GroupError> {
+    /// Offers a snapshot of the state machine at the applied index, whose data is `data`;
+    /// returns that index.
+    pub fn offer_snapshot(&mut self, data: Vec<u8>) -> Result<u64, GroupError> {
         let applied = self.node.raft.raft_log.applied;
         let term = self
             .storage
@@ -405,7 +405,12 @@ impl RaftGroup {
         meta.term = term;
         meta.set_conf_state(self.storage.conf_state());
         self.storage.offer_snapshot(snapshot);
-        Ok(())
+        Ok(applied)
+    }
+
+    /// Drops the snapshot offered last: raft-rs's next request for one is answered by a new.
+    pub fn forget_snapshot(&mut self) {
+        self.storage.forget_snapshot();
     }
 
     /// Proposes a membership change through joint consensus: `add` become voters, `remove`

@@ -176,6 +176,11 @@ impl GroupStorage {
         self.core.read().snapshot_wanted
     }
 
+    /// Drops the offered snapshot.
+    pub fn forget_snapshot(&self) {
+        self.core.write().snapshot = None;
+    }
+
     /// Makes `snapshot` the one raft-rs gets when it next asks.
     pub fn offer_snapshot(&self, snapshot: Snapshot) {
         let mut core = self.core.write();

@@ -9,6 +9,7 @@
 //! - a batch written with `sync = true` is durable when `write` returns.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The column families a spanserver keeps, one keyspace each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,6 +122,15 @@ pub type KvPair = (Vec<u8>, Vec<u8>);
 /// An iterator over a key range, ascending.
 pub type EngineIter<'a> = Box<dyn Iterator<Item = Result<KvPair, EngineError>> + Send + 'a>;
 
+/// A read-only view of every column family as it was at one moment: writes after the view was
+/// taken do not show through it. A view keeps its engine alive (RocksDB also keeps the versions
+/// it sees from compaction) until it is dropped, and may be read from any thread: Raft snapshots
+/// stream from one while the driver goes on writing.
+pub trait EngineView: Send + Sync {
+    /// Keys in `[start, end)` ascending, as of the view's moment; `end = None` means unbounded.
+    fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> EngineIter<'a>;
+}
+
 /// An ordered key-value store with column families.
 pub trait Engine: Send + Sync + 'static {
     /// The value at `key`, if any.
@@ -131,4 +141,7 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Applies `batch` atomically; with `sync`, durably (fsync'd WAL) before returning.
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), EngineError>;
+
+    /// A consistent view of the engine as it is now (see [`EngineView`]).
+    fn view(self: Arc<Self>) -> Box<dyn EngineView>;
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::engine::{BatchOp, Cf, Engine, EngineError, EngineIter, KvPair, WriteBatch};
+use super::engine::{BatchOp, Cf, Engine, EngineError, EngineIter, EngineView, KvPair, WriteBatch};
 
 /// Entries a scan copies out on its first refill; later refills double it up to
 /// [`MAX_CHUNK`]. Small first so a seek (a fresh scan read for a few keys) stays cheap.
@@ -131,6 +131,21 @@ impl Engine for MemEngine {
             }
         }
         Ok(())
+    }
+
+    /// A copy of every column family, taken under all three read locks at once.
+    fn view(self: Arc<Self>) -> Box<dyn EngineView> {
+        let guards = Cf::ALL.map(|cf| self.map(cf).read());
+        let copy = [0, 1, 2].map(|i| RwLock::new(guards[i].clone()));
+        Box::new(MemEngine {
+            cfs: Arc::new(copy),
+        })
+    }
+}
+
+impl EngineView for MemEngine {
+    fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> EngineIter<'a> {
+        Engine::scan(self, cf, start, end)
     }
 }
 

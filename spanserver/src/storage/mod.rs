@@ -62,6 +62,6 @@ mod mvcc_scenarios;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{BatchOp, Cf, Engine, EngineError, EngineIter, KvPair, WriteBatch};
+pub use engine::{BatchOp, Cf, Engine, EngineError, EngineIter, EngineView, KvPair, WriteBatch};
 pub use mem::MemEngine;
 pub use rocks::RocksEngine;

@@ -6,6 +6,9 @@
 //! with an upper bound, so they see a consistent point-in-time view of the column family and stop
 //! inside RocksDB rather than reading past the end of the range.
 //!
+//! A view ([`Engine::view`]) is a RocksDB snapshot: iterators opened on it read the database as
+//! it was when the view was taken.
+//!
 //! This is the only module that imports `rocksdb`; nothing above the [`Engine`] trait knows
 //! which engine it runs on.
 //!
@@ -16,13 +19,14 @@
 //! cache, dynamic level sizing. Everything else is RocksDB's default.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBRawIterator, Options,
     ReadOptions, WriteOptions, DB,
 };
 
-use super::engine::{BatchOp, Cf, Engine, EngineError, EngineIter, KvPair, WriteBatch};
+use super::engine::{BatchOp, Cf, Engine, EngineError, EngineIter, EngineView, KvPair, WriteBatch};
 
 /// Background threads for flushes and compactions.
 const BACKGROUND_JOBS: i32 = 2;
@@ -92,6 +96,31 @@ impl RocksEngine {
         &self.path
     }
 
+    /// A scan of `[start, end)` over the iterator `open` makes from a column family handle and
+    /// read options (bounded above by `end`).
+    fn scan_with<'a>(
+        &'a self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        open: impl FnOnce(&'a ColumnFamily, ReadOptions) -> DBRawIterator<'a>,
+    ) -> EngineIter<'a> {
+        if end.is_some_and(|end| end <= start) {
+            return Box::new(std::iter::empty());
+        }
+        let handle = match self.handle(cf) {
+            Ok(handle) => handle,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        let mut read_options = ReadOptions::default();
+        if let Some(end) = end {
+            read_options.set_iterate_upper_bound(end);
+        }
+        let mut raw = open(handle, read_options);
+        raw.seek(start);
+        Box::new(RocksIter { raw, done: false })
+    }
+
     fn handle(&self, cf: Cf) -> Result<&ColumnFamily, EngineError> {
         self.db
             .cf_handle(cf.name())
@@ -107,20 +136,9 @@ impl Engine for RocksEngine {
     }
 
     fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> EngineIter<'a> {
-        if end.is_some_and(|end| end <= start) {
-            return Box::new(std::iter::empty());
-        }
-        let handle = match self.handle(cf) {
-            Ok(handle) => handle,
-            Err(e) => return Box::new(std::iter::once(Err(e))),
-        };
-        let mut read_options = ReadOptions::default();
-        if let Some(end) = end {
-            read_options.set_iterate_upper_bound(end);
-        }
-        let mut raw = self.db.raw_iterator_cf_opt(handle, read_options);
-        raw.seek(start);
-        Box::new(RocksIter { raw, done: false })
+        self.scan_with(cf, start, end, |handle, options| {
+            self.db.raw_iterator_cf_opt(handle, options)
+        })
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), EngineError> {
@@ -144,6 +162,32 @@ impl Engine for RocksEngine {
         self.db
             .write_opt(rocks_batch, &write_options)
             .map_err(|e| rocks_error("write", e))
+    }
+
+    fn view(self: Arc<Self>) -> Box<dyn EngineView> {
+        Box::new(RocksView::new(self, |engine| engine.db.snapshot()))
+    }
+}
+
+type RocksSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
+
+self_cell::self_cell!(
+    /// A RocksDB snapshot together with the engine it reads, so it can outlive the borrow that
+    /// made it (and move to another thread).
+    struct RocksView {
+        owner: Arc<RocksEngine>,
+        #[covariant]
+        dependent: RocksSnapshot,
+    }
+);
+
+impl EngineView for RocksView {
+    fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> EngineIter<'a> {
+        let snapshot = self.borrow_dependent();
+        self.borrow_owner()
+            .scan_with(cf, start, end, |handle, options| {
+                snapshot.raw_iterator_cf_opt(handle, options)
+            })
     }
 }
 

@@ -276,6 +276,46 @@ fn concurrent_batches_are_atomic<E: Engine>(engine: E) {
     );
 }
 
+/// A view shows the engine as it was when taken, from another thread, after the caller has let
+/// go of the engine, and whatever is written afterwards.
+fn a_view_is_a_moment<E: Engine>(engine: E) {
+    let engine: Arc<dyn Engine> = Arc::new(engine);
+    put(&*engine, Cf::Data, b"a", b"1");
+    put(&*engine, Cf::Data, b"b", b"1");
+    let view = engine.clone().view();
+    put(&*engine, Cf::Data, b"a", b"2");
+    put(&*engine, Cf::Data, b"c", b"2");
+    let mut batch = WriteBatch::new();
+    batch.delete(Cf::Data, b"b");
+    engine.write(batch, false).unwrap();
+    drop(engine);
+    let seen = std::thread::spawn(move || {
+        view.scan(Cf::Data, b"", None)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"1".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn mem_a_view_is_a_moment() {
+    a_view_is_a_moment(MemEngine::new());
+}
+
+#[test]
+fn rocks_a_view_is_a_moment() {
+    let (_dir, engine) = rocks();
+    a_view_is_a_moment(engine);
+}
+
 fn rocks() -> (tempfile::TempDir, RocksEngine) {
     let dir = tempfile::tempdir().unwrap();
     let engine = RocksEngine::open(dir.path()).unwrap();

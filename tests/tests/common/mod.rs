@@ -80,6 +80,7 @@ impl Cluster {
             node.commit_wait = config.commit_wait;
             node.failpoints = config.failpoints.clone();
             node.lease = config.lease;
+            node.metrics = true;
         }
         let inner = LocalCluster::start(opts).await.expect("cluster starts");
         Cluster {

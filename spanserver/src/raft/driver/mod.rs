@@ -374,6 +374,8 @@ const COMPACT_AFTER: u64 = 1024;
 const LOG_KEEP: u64 = 256;
 /// How often the driver runs its transaction housekeeping.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a leader keeps a snapshot no transfer is reading, for a replica that asks again.
+const SNAPSHOT_KEEP: Duration = Duration::from_secs(60);
 /// A serving leader that proposed nothing for this long proposes a closed timestamp, so that
 /// its followers' safe time keeps up with real time.
 pub const CLOSE_INTERVAL: Duration = Duration::from_millis(200);
@@ -776,10 +778,12 @@ impl DriverLoop {
             self.release_deferred();
             self.maintain_leases();
             self.close_idle_groups();
-            if Instant::now() >= next_sweep {
+            let sweep_now = Instant::now() >= next_sweep;
+            if sweep_now {
                 self.sweep();
                 next_sweep = Instant::now() + SWEEP_INTERVAL;
             }
+            self.settle_snapshots(sweep_now);
             if let Err(e) = self.process_ready() {
                 // A storage failure here means the disk is gone; continuing could ack writes
                 // that are not durable.

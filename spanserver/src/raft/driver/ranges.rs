@@ -123,20 +123,18 @@ impl DriverLoop {
                     .map_err(|e| e.to_string())?;
             }
             if r.group.wants_snapshot() {
-                let data = tablet::snapshot::build(
-                    self.config.engine.as_ref(),
+                let (header, source) = tablet::snapshot::capture(
+                    self.config.engine.clone(),
                     &r.shared.desc,
                     &r.records,
                     &r.lease,
                     r.max_applied_ts.0,
                 )?;
-                tracing::info!(
-                    group = id.0,
-                    applied,
-                    bytes = data.len(),
-                    "built a snapshot"
-                );
-                r.group.offer_snapshot(data).map_err(|e| e.to_string())?;
+                let index = r.group.offer_snapshot(header).map_err(|e| e.to_string())?;
+                self.config
+                    .transport
+                    .offer_snapshot(*id, index, Arc::new(source));
+                tracing::info!(group = id.0, index, "took a snapshot to stream");
             }
         }
         if !batch.is_empty() {
@@ -146,6 +144,29 @@ impl DriverLoop {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Hands raft-rs the outcome of every snapshot transfer that ended, and lets go of snapshots
+    /// nobody has read for a while (or whose group this server no longer leads): each pins an
+    /// engine view.
+    pub(super) fn settle_snapshots(&mut self, expire: bool) {
+        for report in self.config.transport.take_snapshot_reports() {
+            if let Some(r) = self.replicas.get_mut(&report.group) {
+                r.group.report_snapshot(report.to, report.delivered);
+            }
+        }
+        if !expire {
+            return;
+        }
+        let replicas = &self.replicas;
+        let expired = self.config.transport.expire_snapshots(SNAPSHOT_KEEP, |g| {
+            replicas.get(&g).is_some_and(|r| r.group.is_leader())
+        });
+        for group in expired {
+            if let Some(r) = self.replicas.get_mut(&group) {
+                r.group.forget_snapshot();
+            }
+        }
     }
 
     /// After a split applied (its descriptors are durable): the parent takes its new range and
