@@ -59,9 +59,9 @@ use meridian_sql::types::Datum;
 use meridian_tests::cluster::LOG_TAIL_LINES;
 use meridian_tests::{log_tail, retry_until, BoxError, Cluster};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
+use super::statements::{describe, rollback, run, Rng, StepError};
 use super::{meridian, text_rows, READY_TIMEOUT, SERVERS};
 
 /// How many accounts, and so the width of a balance vector.
@@ -90,9 +90,6 @@ const SEED_ENV: &str = "MERIDIAN_BANK_SEED";
 const KILL_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a killed server stays down.
 const DOWN_TIME: Duration = Duration::from_secs(2);
-/// The longest any one statement may take. Above the gateway's 20 s routing timeout, so the
-/// server's own error usually arrives first and says what happened.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause before trying the next gateway after a failure.
@@ -100,7 +97,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 /// How long setup statements, the placement check and the final read may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long after the workload's end the clients and chaos task may take to stop: an
-/// in-flight transfer's statements, each bounded by [`STATEMENT_TIMEOUT`].
+/// in-flight transfer's statements, each bounded by `statements::STATEMENT_TIMEOUT`.
 const STOP_TIMEOUT: Duration = Duration::from_secs(150);
 /// Fewer commits than this means the cluster hardly served, and the checks would pass vacuously.
 const MIN_COMMITS: usize = 20;
@@ -806,88 +803,6 @@ async fn show_timestamp(connection: &Client, name: &str) -> Result<u64, StepErro
     }
 }
 
-/// Ends whatever transaction is open; false if the connection did not answer, so it must not be
-/// used again (a BEGIN inside a leftover transaction would only warn).
-async fn rollback(connection: &Client) -> bool {
-    run(connection, "ROLLBACK").await.is_ok()
-}
-
-/// Why a statement failed, classified by what it means for a transfer.
-#[derive(Debug)]
-enum StepError {
-    /// SQLSTATE 40001: the transaction was aborted.
-    Conflict(String),
-    /// The server says the outcome is unknown.
-    Ambiguous(String),
-    /// The connection closed, or no reply came within [`STATEMENT_TIMEOUT`].
-    Lost(String),
-    /// Any other error from the server.
-    Failed(String),
-    /// An answer that breaks the schema's invariants: a bug, reported as a violation.
-    Wrong(String),
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StepError::Conflict(m) => write!(f, "conflict: {m}"),
-            StepError::Ambiguous(m) => write!(f, "ambiguous: {m}"),
-            StepError::Lost(m) => write!(f, "connection lost: {m}"),
-            StepError::Failed(m) => write!(f, "failed: {m}"),
-            StepError::Wrong(m) => write!(f, "wrong answer: {m}"),
-        }
-    }
-}
-
-impl StepError {
-    fn classify(error: &tokio_postgres::Error) -> StepError {
-        let text = describe(error);
-        if error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) {
-            StepError::Conflict(text)
-        } else if error.code() == Some(&SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN)
-            || text.to_lowercase().contains("ambiguous")
-        {
-            StepError::Ambiguous(text)
-        } else if error.is_closed() || error.as_db_error().is_none() {
-            StepError::Lost(text)
-        } else {
-            StepError::Failed(text)
-        }
-    }
-}
-
-fn describe(error: &tokio_postgres::Error) -> String {
-    meridian_tests::describe_error(error)
-}
-
-/// Runs one statement with the simple protocol within [`STATEMENT_TIMEOUT`]: its rows as text
-/// and the row count of its command tag.
-async fn run(connection: &Client, sql: &str) -> Result<(Vec<Vec<Option<String>>>, u64), StepError> {
-    let messages = match timeout(STATEMENT_TIMEOUT, connection.simple_query(sql)).await {
-        Ok(Ok(messages)) => messages,
-        Ok(Err(error)) => return Err(StepError::classify(&error)),
-        Err(_) => {
-            return Err(StepError::Lost(format!(
-                "`{sql}` got no reply within {STATEMENT_TIMEOUT:?}"
-            )))
-        }
-    };
-    let mut rows = Vec::new();
-    let mut affected = 0;
-    for message in &messages {
-        match message {
-            SimpleQueryMessage::Row(row) => rows.push(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_string))
-                    .collect(),
-            ),
-            SimpleQueryMessage::CommandComplete(n) => affected = *n,
-            _ => {}
-        }
-    }
-    Ok((rows, affected))
-}
-
 fn parse_cell(cell: &Option<String>, what: &str) -> Result<i64, StepError> {
     cell.as_deref()
         .and_then(|text| text.parse().ok())
@@ -1300,28 +1215,6 @@ fn windows_text(run: &Run, duration: Duration) -> String {
         .map(|(i, n)| format!("{}-{}s: {n}", i * 10, (i + 1) * 10))
         .collect();
     each.join(" | ")
-}
-
-/// SplitMix64: cheap, seedable, well-spread choices (the root package has no `rand`).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 // ---- the checker's own tests ----

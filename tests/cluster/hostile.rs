@@ -267,6 +267,27 @@ async fn malformed_rpcs(cluster: &Cluster) {
             }],
         };
         let _ = raft.send(tokio_stream::iter(vec![garbage])).await;
+        // Snapshot streams: empty, an undecodable message, and one cut short.
+        let _ = raft.send_snapshot(tokio_stream::iter(Vec::new())).await;
+        let chunk = |message: Vec<u8>, data: Vec<u8>, done: bool| pb::SnapshotChunk {
+            from_server: 99,
+            group_id: 1,
+            message,
+            data,
+            done,
+        };
+        let _ = raft
+            .send_snapshot(tokio_stream::iter(vec![
+                chunk(vec![0xde, 0xad, 0xbe, 0xef], Vec::new(), false),
+                chunk(Vec::new(), vec![0xff; 1 << 20], true),
+            ]))
+            .await;
+        let _ = raft
+            .send_snapshot(tokio_stream::iter(vec![
+                chunk(Vec::new(), Vec::new(), false),
+                chunk(Vec::new(), vec![0, 0, 0, 9, 1], false),
+            ]))
+            .await;
     }
     let mut pd = PlacementDriverClient::connect(format!("http://{}", cluster.pd_addr()))
         .await

@@ -11,9 +11,11 @@
 //! The harness runs one cluster at a time per test process (`MERIDIAN_TEST_CLUSTERS` raises
 //! that), so these tests may run on cargo's default test threads.
 
+mod anomalies;
 mod bank;
 mod hostile;
 mod secure;
+mod statements;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;

@@ -26,7 +26,9 @@
 //! exactly its old command line and data.
 //!
 //! Faults are real: [`Cluster::kill`] sends SIGKILL and reaps the process, so nothing is
-//! flushed or shut down gracefully; [`Cluster::restart`] starts it again. The harness never
+//! flushed or shut down gracefully; [`Cluster::restart`] starts it again; [`Cluster::pause`]
+//! and [`Cluster::resume`] freeze and thaw a server (SIGSTOP, SIGCONT); [`Cluster::skew_master`]
+//! restarts the time master with its clock shifted. The harness never
 //! decides that the cluster is healthy by waiting: [`Cluster::wait_ready`] probes every
 //! running server with `SHOW TABLES` until it answers, and fails early, with the log's tail,
 //! if a process exits.
@@ -48,7 +50,7 @@ use tokio_postgres::Client;
 
 use crate::pg;
 use crate::ports::{free_ports, loopback};
-use crate::process::{log_tail, ManagedProcess};
+use crate::process::{log_tail, send_signal, ManagedProcess};
 use crate::slot::Slot;
 use crate::HarnessError;
 
@@ -404,6 +406,42 @@ impl Cluster {
     /// first if it is still running. Returns without waiting for it to serve.
     pub fn restart(&self, index: usize) {
         self.server(index).process.start();
+    }
+
+    /// Freezes server `index` with SIGSTOP: it holds its sockets and leases but answers
+    /// nothing, as a machine in a long GC pause or swapped out would. No-op if it is not
+    /// running.
+    pub fn pause(&self, index: usize) {
+        self.signal(index, "STOP");
+    }
+
+    /// Thaws server `index` after [`Cluster::pause`] (SIGCONT).
+    pub fn resume(&self, index: usize) {
+        self.signal(index, "CONT");
+    }
+
+    fn signal(&self, index: usize, name: &str) {
+        let server = self.server(index);
+        if let Some(pid) = server.process.pid() {
+            if let Err(error) = send_signal(pid, name) {
+                panic!(
+                    "cannot send SIG{name} to {}: {error}",
+                    server.process.name()
+                );
+            }
+        }
+    }
+
+    /// Restarts the time master with its clock shifted by `offset_ms` (0: honest again). With
+    /// `|offset_ms|` at most [`MASTER_BOUND_US`] / 1000 the master still tells the truth within
+    /// the bound it declares, so TrueTime stays correct; beyond it, the master lies.
+    pub fn skew_master(&self, offset_ms: i64) {
+        let extra: Vec<OsString> = if offset_ms == 0 {
+            Vec::new()
+        } else {
+            vec!["--inject-offset-ms".into(), offset_ms.to_string().into()]
+        };
+        self.time.master.start_with(&extra);
     }
 
     /// The truetime agent every server reads its clock from.

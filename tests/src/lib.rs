@@ -19,7 +19,7 @@
 //! ([`slot`]), because debug-build clusters starve each other on small machines.
 //!
 //! What it does not do yet: network partitions and netem delays (they need network namespaces
-//! and root), clock skew, and in-process nodes with transport filters; those belong to suites
+//! and root), and in-process nodes with transport filters; those belong to suites
 //! built on top of this one.
 
 pub mod cluster;

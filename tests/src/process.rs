@@ -58,6 +58,12 @@ impl ManagedProcess {
     /// If the log file cannot be opened or the program cannot be spawned: the test cannot go
     /// on, and the message says which process and why.
     pub(crate) fn start(&self) {
+        self.start_with(&[]);
+    }
+
+    /// [`ManagedProcess::start`] with `extra` arguments after the usual ones, for this start
+    /// only.
+    pub(crate) fn start_with(&self, extra: &[OsString]) {
         let mut child = self.lock();
         kill_and_reap(&mut child);
         let log = self.open_log().unwrap_or_else(|error| {
@@ -67,7 +73,8 @@ impl ManagedProcess {
                 self.name
             )
         });
-        let spawned = spawn_logged(&self.program, &self.args, log).unwrap_or_else(|error| {
+        let args: Vec<OsString> = self.args.iter().chain(extra).cloned().collect();
+        let spawned = spawn_logged(&self.program, &args, log).unwrap_or_else(|error| {
             panic!(
                 "cannot start {} ({} {}): {error}",
                 self.name,
@@ -187,8 +194,13 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 /// Sends SIGTERM to `pid` with the system's `kill` command (no libc binding needed).
 pub fn send_sigterm(pid: u32) -> io::Result<()> {
+    send_signal(pid, "TERM")
+}
+
+/// Sends signal `name` (`TERM`, `STOP`, `CONT`, …) to `pid` with the system's `kill` command.
+pub(crate) fn send_signal(pid: u32, name: &str) -> io::Result<()> {
     let status = Command::new("kill")
-        .arg("-TERM")
+        .arg(format!("-{name}"))
         .arg(pid.to_string())
         .stdin(Stdio::null())
         .status()?;
@@ -196,7 +208,7 @@ pub fn send_sigterm(pid: u32) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "kill -TERM {pid} exited with {status}"
+            "kill -{name} {pid} exited with {status}"
         )))
     }
 }
