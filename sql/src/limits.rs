@@ -10,6 +10,7 @@
 //! - [`PARSER_RECURSION_LIMIT`]: sqlparser's own guard on its recursive descent (parentheses,
 //!   prefix operators, subqueries); hitting it is also 54001.
 //!
+//! - [`DEFAULT_MAX_RESULT_BYTES`]: rows a statement reads into memory; more is 54000.
 //! - [`deeper`]: every recursive walk over an expression (binding, evaluating, visiting,
 //!   splitting conjuncts) runs through it, so a walk that nears the end of its thread's stack
 //!   continues on a new heap-allocated segment instead of overflowing; the nesting limit then
@@ -23,6 +24,14 @@
 use sqlparser::tokenizer::{Token, TokenWithSpan};
 
 use crate::error::{Result, SqlError};
+
+/// The most bytes of rows (as stored) one statement may read into memory, by default: results
+/// are materialized before they are sent, so this bounds what one query can make a server hold.
+/// `SET max_result_bytes` changes it for a session, up to [`MAX_RESULT_BYTES_LIMIT`].
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 256 << 20;
+
+/// The most `max_result_bytes` may be set to.
+pub const MAX_RESULT_BYTES_LIMIT: usize = 4 << 30;
 
 /// The longest statement text accepted (1 MiB, Cloud Spanner's limit on a query's text).
 pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
@@ -46,6 +55,14 @@ const SEGMENT: usize = 2 * 1024 * 1024;
 /// recursive walk over an expression tree calls itself through this.
 pub fn deeper<R>(f: impl FnOnce() -> R) -> R {
     stacker::maybe_grow(RED_ZONE, SEGMENT, f)
+}
+
+/// The error for a statement whose rows passed `limit` bytes (54000).
+pub fn result_too_large(limit: usize) -> SqlError {
+    SqlError::ProgramLimitExceeded(format!(
+        "the statement read more than {limit} bytes of rows (max_result_bytes); add a LIMIT or \
+         a narrower WHERE, or raise max_result_bytes"
+    ))
 }
 
 /// Refuses text longer than [`MAX_STATEMENT_BYTES`] (54000).

@@ -3,10 +3,16 @@
 //! (`tests/tests/fuzz_corpus.rs`). Each takes arbitrary bytes and must return without
 //! panicking, overflowing its stack or allocating without bound; any other outcome is a bug.
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use bytes::BytesMut;
+use meridian_node::local::{ClusterOptions, LocalCluster};
+use meridian_proto as pb;
 use meridian_sql::encoding::{decode_key_datum, decode_row};
 use meridian_sql::DataType;
 use pgwire::messages::{DecodeContext, PgWireFrontendMessage};
+use prost::Message as _;
 
 /// SQL text as a client sends it: parsed (with the statement limits), and each statement
 /// printed back, as error messages and logs do.
@@ -66,10 +72,134 @@ pub fn stored_bytes(data: &[u8]) {
     let _ = meridian_spanserver::storage::mvcc::decode_value(data);
 }
 
+/// How long one tablet RPC may take before it counts as a hang: above the server's own lock
+/// wait limit (`LOCK_WAIT_TIMEOUT`, 5 s), which a request may legitimately wait out.
+const RPC_HANG: Duration = Duration::from_secs(20);
+
+/// A one-node in-process cluster (real RocksDB, Raft, placement driver) whose spanserver's
+/// gRPC services the `tablet_rpc` target calls. Dropping it stops the node and removes its
+/// directory.
+pub struct TabletRpcTarget {
+    runtime: tokio::runtime::Runtime,
+    cluster: Option<LocalCluster>,
+    channel: tonic::transport::Channel,
+}
+
+impl TabletRpcTarget {
+    /// Starts the node and waits for its system tablet.
+    ///
+    /// # Panics
+    ///
+    /// If the node cannot start: the fuzz run cannot go on.
+    pub fn start() -> TabletRpcTarget {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let mut options = ClusterOptions::zones(1);
+        options.dir_prefix = "meridian-fuzz-".into();
+        let cluster = runtime
+            .block_on(LocalCluster::start(options))
+            .expect("a one-node cluster starts");
+        let addr = cluster.addrs(0).grpc;
+        // The lazy channel's connector needs the runtime's reactor.
+        let _entered = runtime.enter();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a loopback address")
+            .connect_lazy();
+        TabletRpcTarget {
+            runtime,
+            cluster: Some(cluster),
+            channel,
+        }
+    }
+
+    /// The first byte picks an RPC of the `Tablet` or `RaftTransport` service; the rest is
+    /// decoded as its request (undecodable bytes are skipped: the server would refuse them
+    /// before any handler ran). The call must come back, with any answer, within [`RPC_HANG`].
+    pub fn call(&self, data: &[u8]) {
+        use pb::raft_transport_client::RaftTransportClient;
+        use pb::tablet_client::TabletClient;
+        let Some((&which, body)) = data.split_first() else {
+            return;
+        };
+        let mut tablet = meridian_proto::limited!(TabletClient::new(self.channel.clone()));
+        let mut raft = meridian_proto::limited!(RaftTransportClient::new(self.channel.clone()));
+        let call = async move {
+            match which % 7 {
+                0 => {
+                    if let Ok(r) = pb::TxnRequest::decode(body) {
+                        let _ = tablet.txn(r).await;
+                    }
+                }
+                1 => {
+                    if let Ok(r) = pb::ScanRequest::decode(body) {
+                        let _ = tablet.scan(r).await;
+                    }
+                }
+                2 => {
+                    if let Ok(r) = pb::SplitRequest::decode(body) {
+                        let _ = tablet.split(r).await;
+                    }
+                }
+                3 => {
+                    if let Ok(r) = pb::ReplicaDescriptor::decode(body) {
+                        let _ = tablet.create_replica(r).await;
+                    }
+                }
+                4 => {
+                    if let Ok(r) = pb::ChangeReplicasRequest::decode(body) {
+                        let _ = tablet.change_replicas(r).await;
+                    }
+                }
+                5 => {
+                    if let Ok(r) = pb::RaftBatch::decode(body) {
+                        let _ = raft.send(tokio_stream::iter(vec![r])).await;
+                    }
+                }
+                _ => {
+                    // A snapshot stream: the body split into chunks at 0xff bytes.
+                    let chunks: Vec<pb::SnapshotChunk> = body
+                        .split(|b| *b == 0xff)
+                        .filter_map(|c| pb::SnapshotChunk::decode(c).ok())
+                        .collect();
+                    let _ = raft.send_snapshot(tokio_stream::iter(chunks)).await;
+                }
+            }
+        };
+        let answered = self
+            .runtime
+            .block_on(async { tokio::time::timeout(RPC_HANG, call).await });
+        assert!(
+            answered.is_ok(),
+            "a tablet RPC (kind {}) got no answer within {RPC_HANG:?}",
+            which % 7
+        );
+    }
+}
+
+impl Drop for TabletRpcTarget {
+    fn drop(&mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            self.runtime.block_on(cluster.shutdown());
+        }
+    }
+}
+
+/// [`TabletRpcTarget::call`] on one node started at the first call and kept for the process
+/// (the fuzzer's); its directory (`meridian-fuzz-*` under the temp directory) is left for
+/// `scripts/fuzz` to remove.
+pub fn tablet_rpc(data: &[u8]) {
+    static TARGET: OnceLock<TabletRpcTarget> = OnceLock::new();
+    TARGET.get_or_init(TabletRpcTarget::start).call(data);
+}
+
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
 
-/// The fuzz targets by name, for the corpus replay.
+/// The fuzz targets that need no server, by name, for the corpus replay (`tablet_rpc` is
+/// replayed on a node of its own).
 pub const TARGETS: &[(&str, Target)] = &[
     ("sql_text", sql_text),
     ("pgwire_frontend", pgwire_frontend),

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use meridian_tests::fuzzing::{self, TARGETS};
+use meridian_tests::fuzzing::{self, TabletRpcTarget, TARGETS};
 
 fn fuzz_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -15,26 +15,56 @@ fn fuzz_dir() -> PathBuf {
 fn every_saved_fuzz_input_runs_cleanly() {
     let mut replayed = 0;
     for (name, target) in TARGETS {
-        for kind in ["corpus", "regressions"] {
-            let dir = fuzz_dir().join(kind).join(name);
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries {
-                let path = entry.expect("a directory entry").path();
-                if !path.is_file() {
-                    continue;
-                }
-                let data = std::fs::read(&path).expect("read a saved input");
-                eprintln!("{name}: {}", path.display());
-                target(&data);
-                replayed += 1;
-            }
+        for (path, data) in saved_inputs(name) {
+            eprintln!("{name}: {}", path.display());
+            target(&data);
+            replayed += 1;
         }
     }
     assert!(
         replayed > 100,
         "only {replayed} saved inputs: is fuzz/corpus missing?"
+    );
+}
+
+/// The saved inputs of every fuzz target in `fuzz/<kind>/<name>/`, read.
+fn saved_inputs(name: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut inputs = Vec::new();
+    for kind in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(kind).join(name)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if path.is_file() {
+                let data = std::fs::read(&path).expect("read a saved input");
+                inputs.push((path, data));
+            }
+        }
+    }
+    inputs
+}
+
+/// The tablet RPC target's saved inputs, on one node, and a few by hand: every RPC with an
+/// empty body and with a body of 0xff bytes.
+#[test]
+fn every_saved_tablet_rpc_input_runs_cleanly() {
+    let target = TabletRpcTarget::start();
+    for which in 0..7u8 {
+        target.call(&[which]);
+        let mut junk = vec![which];
+        junk.extend_from_slice(&[0xff; 64]);
+        target.call(&junk);
+    }
+    let inputs = saved_inputs("tablet_rpc");
+    for (path, data) in &inputs {
+        eprintln!("tablet_rpc: {}", path.display());
+        target.call(data);
+    }
+    assert!(
+        inputs.len() > 50,
+        "only {} saved tablet_rpc inputs: is fuzz/corpus/tablet_rpc missing?",
+        inputs.len()
     );
 }
 

@@ -439,6 +439,60 @@ async fn inserts_check_their_keys_at_commit_without_reading_them() {
     cluster.shutdown().await;
 }
 
+/// A statement may read at most `max_result_bytes` of rows into memory: past it, 54000 and
+/// the session goes on; an aggregate takes its scan page by page and is not limited; LIMIT
+/// stops the scan early; the setting is validated, shown and reset.
+#[tokio::test]
+async fn results_are_bounded_by_max_result_bytes_except_streamed_aggregates() {
+    let cluster = common::single_node().await;
+    let mut s = session(&cluster);
+    s.execute("CREATE TABLE wide (id INT8 PRIMARY KEY, pad TEXT)")
+        .await
+        .expect("create");
+    let rows: Vec<String> = (0..400)
+        .map(|i| format!("({i}, '{}')", "x".repeat(200)))
+        .collect();
+    s.execute(&format!("INSERT INTO wide VALUES {}", rows.join(", ")))
+        .await
+        .expect("insert");
+    assert_eq!(
+        query(&mut s, "SHOW max_result_bytes").await,
+        vec![vec![Datum::Text(
+            meridian_sql::limits::DEFAULT_MAX_RESULT_BYTES.to_string()
+        )]]
+    );
+    s.execute("SET max_result_bytes = 20000")
+        .await
+        .expect("set");
+    assert_eq!(error_code(&mut s, "SELECT * FROM wide").await, "54000");
+    assert_eq!(
+        error_code(&mut s, "SELECT id FROM wide WHERE pad <> ''").await,
+        "54000"
+    );
+    assert_eq!(
+        query(&mut s, "SELECT count(*), sum(id) FROM wide").await,
+        vec![vec![Datum::Int(400), Datum::Int(79800)]],
+        "an aggregate streams its scan"
+    );
+    assert_eq!(query(&mut s, "SELECT id FROM wide LIMIT 3").await.len(), 3);
+    assert_eq!(
+        query(&mut s, "SELECT id FROM wide WHERE id < 10")
+            .await
+            .len(),
+        10
+    );
+    for bad in ["0", "-1", "'lots'", "99999999999999999999"] {
+        assert_eq!(
+            error_code(&mut s, &format!("SET max_result_bytes = {bad}")).await,
+            "22023",
+            "{bad}"
+        );
+    }
+    s.execute("RESET max_result_bytes").await.expect("reset");
+    assert_eq!(query(&mut s, "SELECT * FROM wide").await.len(), 400);
+    cluster.shutdown().await;
+}
+
 /// The deepest statement the limits let through still binds, evaluates and drops on a default
 /// 2 MiB stack; one level past them is refused with 54001 before it is parsed, and text past
 /// the length limit with 54000.

@@ -94,53 +94,80 @@ impl Accumulator {
     }
 }
 
-/// Groups `rows` by `group_by` and computes `aggregates`; each output row is the group's
-/// values followed by the aggregate results. Without GROUP BY there is exactly one output row.
-pub fn run(
-    rows: Vec<Row>,
-    group_by: &[ScalarExpr],
-    aggregates: &[AggCall],
-    params: &[Datum],
-) -> Result<Vec<Row>> {
-    let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut groups: Vec<(Row, Vec<Accumulator>)> = Vec::new();
-    let new_accumulators = || aggregates.iter().map(Accumulator::new).collect::<Vec<_>>();
-    if group_by.is_empty() {
-        groups.push((Vec::new(), new_accumulators()));
-        index.insert(Vec::new(), 0);
-    }
-    for row in rows {
-        let values = group_by
-            .iter()
-            .map(|e| e.eval(&row, params))
-            .collect::<Result<Row>>()?;
-        let key = encode_group_key(&values);
-        let slot = match index.get(&key) {
-            Some(&slot) => slot,
-            None => {
-                groups.push((values, new_accumulators()));
-                index.insert(key, groups.len() - 1);
-                groups.len() - 1
-            }
+/// A hash aggregation fed rows a batch at a time: `GROUP BY` `group_by`, computing
+/// `aggregates`. Only the groups are held, never the input, so a scan can feed it page by page.
+pub struct Aggregation<'a> {
+    group_by: &'a [ScalarExpr],
+    aggregates: &'a [AggCall],
+    index: HashMap<Vec<u8>, usize>,
+    groups: Vec<(Row, Vec<Accumulator>)>,
+}
+
+impl<'a> Aggregation<'a> {
+    pub fn new(group_by: &'a [ScalarExpr], aggregates: &'a [AggCall]) -> Aggregation<'a> {
+        let mut aggregation = Aggregation {
+            group_by,
+            aggregates,
+            index: HashMap::new(),
+            groups: Vec::new(),
         };
-        let Some((_, accumulators)) = groups.get_mut(slot) else {
-            return Err(SqlError::Internal("lost aggregation group".into()));
-        };
-        for (acc, call) in accumulators.iter_mut().zip(aggregates) {
-            let value = match &call.arg {
-                Some(arg) => Some(arg.eval(&row, params)?),
-                None => None,
-            };
-            acc.add(call, value)?;
+        // Without GROUP BY there is exactly one group, even over no rows.
+        if group_by.is_empty() {
+            aggregation
+                .groups
+                .push((Vec::new(), aggregation.accumulators()));
+            aggregation.index.insert(Vec::new(), 0);
         }
+        aggregation
     }
-    groups
-        .into_iter()
-        .map(|(mut values, accumulators)| {
-            for (acc, call) in accumulators.into_iter().zip(aggregates) {
-                values.push(acc.finish(call)?);
+
+    fn accumulators(&self) -> Vec<Accumulator> {
+        self.aggregates.iter().map(Accumulator::new).collect()
+    }
+
+    /// Adds `rows` to their groups.
+    pub fn add(&mut self, rows: Vec<Row>, params: &[Datum]) -> Result<()> {
+        for row in rows {
+            let values = self
+                .group_by
+                .iter()
+                .map(|e| e.eval(&row, params))
+                .collect::<Result<Row>>()?;
+            let key = encode_group_key(&values);
+            let slot = match self.index.get(&key) {
+                Some(&slot) => slot,
+                None => {
+                    let accumulators = self.accumulators();
+                    self.groups.push((values, accumulators));
+                    self.index.insert(key, self.groups.len() - 1);
+                    self.groups.len() - 1
+                }
+            };
+            let Some((_, accumulators)) = self.groups.get_mut(slot) else {
+                return Err(SqlError::Internal("lost aggregation group".into()));
+            };
+            for (acc, call) in accumulators.iter_mut().zip(self.aggregates) {
+                let value = match &call.arg {
+                    Some(arg) => Some(arg.eval(&row, params)?),
+                    None => None,
+                };
+                acc.add(call, value)?;
             }
-            Ok(values)
-        })
-        .collect()
+        }
+        Ok(())
+    }
+
+    /// One output row per group: the group's values followed by the aggregate results.
+    pub fn finish(self) -> Result<Vec<Row>> {
+        let aggregates = self.aggregates;
+        self.groups
+            .into_iter()
+            .map(|(mut values, accumulators)| {
+                for (acc, call) in accumulators.into_iter().zip(aggregates) {
+                    values.push(acc.finish(call)?);
+                }
+                Ok(values)
+            })
+            .collect()
+    }
 }

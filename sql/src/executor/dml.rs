@@ -23,7 +23,12 @@ use crate::types::{cast, CastKind, DataType, Datum, Row};
 use meridian_kv::Txn;
 
 /// Runs a DML plan.
-pub async fn execute(plan: &Plan, txn: &mut Txn, params: &[Datum]) -> Result<ExecOutput> {
+pub async fn execute(
+    plan: &Plan,
+    txn: &mut Txn,
+    params: &[Datum],
+    max_bytes: usize,
+) -> Result<ExecOutput> {
     match plan {
         Plan::Insert {
             table,
@@ -32,7 +37,7 @@ pub async fn execute(plan: &Plan, txn: &mut Txn, params: &[Datum]) -> Result<Exe
             source,
             returning,
         } => {
-            let rows = run(source, txn, params, None).await?;
+            let rows = run(source, txn, params, None, max_bytes).await?;
             let mut written = Vec::with_capacity(rows.len());
             for source_row in rows {
                 let row = build_insert_row(table, columns, source_types, source_row)?;
@@ -46,7 +51,7 @@ pub async fn execute(plan: &Plan, txn: &mut Txn, params: &[Datum]) -> Result<Exe
             assignments,
             returning,
         } => {
-            let rows = run(source, txn, params, None).await?;
+            let rows = run(source, txn, params, None, max_bytes).await?;
             let mut changes = Vec::with_capacity(rows.len());
             for old in rows {
                 let mut new = old.clone();
@@ -94,7 +99,7 @@ pub async fn execute(plan: &Plan, txn: &mut Txn, params: &[Datum]) -> Result<Exe
             source,
             returning,
         } => {
-            let rows = run(source, txn, params, None).await?;
+            let rows = run(source, txn, params, None, max_bytes).await?;
             for row in &rows {
                 let (key, _) = encode_table_row(table, row)?;
                 txn.delete(key)?;

@@ -6,6 +6,9 @@
 //!
 //! - scans read in pages of [`scan::PAGE_SIZE`] rows, resuming after the last key, so no single
 //!   storage call is huge;
+//! - a scan reads at most `max_bytes` of rows into memory (`max_result_bytes`, 54000 beyond),
+//!   except straight into an aggregation, which takes the scan page by page and holds only
+//!   its groups;
 //! - `Limit` passes a row budget (limit + offset) down through operators that neither drop nor
 //!   add rows (projection), and scans stop once their filtered output meets it. Operators that
 //!   need all input (sort, aggregate, distinct) drop the budget.
@@ -39,14 +42,20 @@ pub struct ExecOutput {
     pub count: usize,
 }
 
-/// Runs `plan` inside `txn` with parameter values `params` (already of the bound types).
-pub async fn execute(plan: &Plan, txn: &mut Txn, params: &[Datum]) -> Result<ExecOutput> {
+/// Runs `plan` inside `txn` with parameter values `params` (already of the bound types),
+/// reading at most `max_bytes` of rows into memory (54000 beyond).
+pub async fn execute(
+    plan: &Plan,
+    txn: &mut Txn,
+    params: &[Datum],
+    max_bytes: usize,
+) -> Result<ExecOutput> {
     match plan {
         Plan::Insert { .. } | Plan::Update { .. } | Plan::Delete { .. } => {
-            dml::execute(plan, txn, params).await
+            dml::execute(plan, txn, params, max_bytes).await
         }
         query => {
-            let rows = run(query, txn, params, None).await?;
+            let rows = run(query, txn, params, None, max_bytes).await?;
             Ok(ExecOutput {
                 count: rows.len(),
                 rows,
@@ -56,11 +65,13 @@ pub async fn execute(plan: &Plan, txn: &mut Txn, params: &[Datum]) -> Result<Exe
 }
 
 /// Runs a query operator, producing at least `budget` rows if it has them (more is fine).
+/// Each scan reads at most `max_bytes` of rows.
 pub(crate) fn run<'a>(
     plan: &'a Plan,
     txn: &'a mut Txn,
     params: &'a [Datum],
     budget: Option<usize>,
+    max_bytes: usize,
 ) -> BoxFuture<'a, Result<Vec<Row>>> {
     async move {
         match plan {
@@ -72,9 +83,20 @@ pub(crate) fn run<'a>(
                 table,
                 bounds,
                 filter,
-            } => scan::run(table, bounds, filter.as_ref(), txn, params, budget).await,
+            } => {
+                scan::run(
+                    table,
+                    bounds,
+                    filter.as_ref(),
+                    txn,
+                    params,
+                    budget,
+                    max_bytes,
+                )
+                .await
+            }
             Plan::Filter { input, predicate } => {
-                let rows = run(input, txn, params, None).await?;
+                let rows = run(input, txn, params, None, max_bytes).await?;
                 filter_rows(rows, predicate, params)
             }
             Plan::Aggregate {
@@ -82,17 +104,35 @@ pub(crate) fn run<'a>(
                 group_by,
                 aggregates,
             } => {
-                let rows = run(input, txn, params, None).await?;
-                aggregate::run(rows, group_by, aggregates, params)
+                let mut aggregation = aggregate::Aggregation::new(group_by, aggregates);
+                match input.as_ref() {
+                    // Straight from a scan, a page at a time: only the groups are held.
+                    Plan::Scan {
+                        table,
+                        bounds,
+                        filter,
+                    } => {
+                        let feed = |page: Vec<(Row, usize)>| {
+                            let rows = page.into_iter().map(|(row, _)| row).collect();
+                            aggregation.add(rows, params).map(|()| true)
+                        };
+                        scan::for_each_page(table, bounds, filter.as_ref(), txn, params, feed)
+                            .await?
+                    }
+                    other => {
+                        aggregation.add(run(other, txn, params, None, max_bytes).await?, params)?
+                    }
+                }
+                aggregation.finish()
             }
             Plan::Project { input, exprs } => {
-                let rows = run(input, txn, params, budget).await?;
+                let rows = run(input, txn, params, budget, max_bytes).await?;
                 rows.iter()
                     .map(|row| exprs.iter().map(|e| e.eval(row, params)).collect())
                     .collect()
             }
             Plan::Distinct { input } => {
-                let rows = run(input, txn, params, None).await?;
+                let rows = run(input, txn, params, None, max_bytes).await?;
                 let mut seen = HashSet::new();
                 Ok(rows
                     .into_iter()
@@ -100,7 +140,7 @@ pub(crate) fn run<'a>(
                     .collect())
             }
             Plan::Sort { input, keys } => {
-                let rows = run(input, txn, params, None).await?;
+                let rows = run(input, txn, params, None, max_bytes).await?;
                 sort_rows(rows, keys, params)
             }
             Plan::Limit {
@@ -111,7 +151,7 @@ pub(crate) fn run<'a>(
                 let limit = row_count(limit.as_ref(), params, "LIMIT")?;
                 let offset = row_count(offset.as_ref(), params, "OFFSET")?.unwrap_or(0);
                 let budget = limit.map(|l| l.saturating_add(offset));
-                let rows = run(input, txn, params, budget).await?;
+                let rows = run(input, txn, params, budget, max_bytes).await?;
                 Ok(rows
                     .into_iter()
                     .skip(offset)

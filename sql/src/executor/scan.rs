@@ -83,7 +83,7 @@ pub fn key_range(table: &TableDesc, bounds: &KeyBounds, params: &[Datum]) -> Res
 }
 
 /// Reads the rows of `table` within `bounds` for which `filter` holds, stopping once `budget`
-/// rows are found.
+/// rows are found; more than `max_bytes` of them (as stored) is 54000.
 pub async fn run(
     table: &TableDesc,
     bounds: &KeyBounds,
@@ -91,8 +91,38 @@ pub async fn run(
     txn: &mut Txn,
     params: &[Datum],
     budget: Option<usize>,
+    max_bytes: usize,
 ) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    let collect = |page: Vec<(Row, usize)>| {
+        for (row, size) in page {
+            if budget.is_some_and(|b| rows.len() >= b) {
+                break;
+            }
+            bytes += size;
+            if bytes > max_bytes {
+                return Err(crate::limits::result_too_large(max_bytes));
+            }
+            rows.push(row);
+        }
+        Ok(budget.is_none_or(|b| rows.len() < b))
+    };
+    for_each_page(table, bounds, filter, txn, params, collect).await?;
+    Ok(rows)
+}
+
+/// Reads the rows of `table` within `bounds` for which `filter` holds, a page at a time: each
+/// page's rows, each with its size as stored, go to `sink`, until it answers false or the
+/// range ends.
+pub async fn for_each_page(
+    table: &TableDesc,
+    bounds: &KeyBounds,
+    filter: Option<&ScalarExpr>,
+    txn: &mut Txn,
+    params: &[Datum],
+    mut sink: impl FnMut(Vec<(Row, usize)>) -> Result<bool>,
+) -> Result<()> {
     let keep = |row: &Row| -> Result<bool> {
         match filter {
             Some(f) => Ok(truth(&f.eval(row, params)?) == Some(true)),
@@ -105,7 +135,7 @@ pub async fn run(
             if let Some(value) = txn.get(&key).await? {
                 let row = decode_table_row(table, &key, &value)?;
                 if keep(&row)? {
-                    rows.push(row);
+                    sink(vec![(row, key.len() + value.len())])?;
                 }
             }
         }
@@ -114,13 +144,14 @@ pub async fn run(
             loop {
                 let page = txn.scan(&cursor, &end, Some(PAGE_SIZE)).await?;
                 let full = page.len() >= PAGE_SIZE;
+                let mut rows = Vec::new();
                 for (key, value) in &page {
                     let row = decode_table_row(table, key, value)?;
                     if keep(&row)? {
-                        rows.push(row);
+                        rows.push((row, key.len() + value.len()));
                     }
                 }
-                if budget.is_some_and(|b| rows.len() >= b) || !full {
+                if !sink(rows)? || !full {
                     break;
                 }
                 match page.last() {
@@ -133,7 +164,7 @@ pub async fn run(
             }
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// The key and value storing `row` (a full table row in column order).

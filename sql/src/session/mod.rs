@@ -281,6 +281,8 @@ pub struct Session {
     default_read_only: bool,
     /// `max_staleness`: `Some` makes read-only transactions bounded-stale.
     max_staleness: Option<Duration>,
+    /// `max_result_bytes`: the most bytes of rows one statement may read into memory.
+    max_result_bytes: usize,
     /// Other settings, as set (they change nothing).
     settings: BTreeMap<String, String>,
     /// Who is logged in ([`crate::users::ROOT`] until the connection says otherwise).
@@ -315,6 +317,7 @@ impl Session {
             retry_priority: None,
             default_read_only: false,
             max_staleness: None,
+            max_result_bytes: crate::limits::DEFAULT_MAX_RESULT_BYTES,
             settings: BTreeMap::new(),
             user: crate::users::ROOT.to_string(),
         }
@@ -532,18 +535,31 @@ impl Session {
     }
 }
 
+/// What a statement runs with besides its transaction and parameters.
+struct Env<'a> {
+    schema: &'a SchemaCache,
+    /// Whose privileges it needs.
+    user: &'a str,
+    /// `max_result_bytes`.
+    max_result_bytes: usize,
+}
+
 /// Binds, optimizes and runs a query or DML statement inside `txn`. The plan comes from the
 /// statement's cache when it was bound for the current schema version and these declared
 /// parameter types; otherwise it is bound against the gateway's cached schema and cached.
 async fn run_statement(
-    schema: &SchemaCache,
-    user: &str,
+    env: &Env<'_>,
     cache: &PlanCache,
     txn: &mut Txn,
     stmt: &ast::Statement,
     params: &[Datum],
     param_types: &[DataType],
 ) -> Result<StatementResult> {
+    let Env {
+        schema,
+        user,
+        max_result_bytes,
+    } = *env;
     let current = schema.current().await?;
     let planned = match cache.get(current.version, param_types) {
         Some(planned) => planned,
@@ -569,7 +585,7 @@ async fn run_statement(
         current.check(user, table, *needed)?;
     }
     let params = coerce_params(params, &planned.param_types)?;
-    let output = execute(&planned.plan, txn, &params).await?;
+    let output = execute(&planned.plan, txn, &params, max_result_bytes).await?;
     let tag = match planned.kind {
         crate::binder::StatementKind::Select => CommandTag::Select(output.count),
         crate::binder::StatementKind::Insert => CommandTag::Insert(output.count),

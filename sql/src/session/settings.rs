@@ -1,5 +1,6 @@
-//! SET, RESET and SHOW: session settings, the transaction-mode settings that change behaviour
-//! (`default_transaction_read_only`, `transaction_read_only`, `max_staleness`), the
+//! SET, RESET and SHOW: session settings, the settings that change behaviour
+//! (`default_transaction_read_only`, `transaction_read_only`, `max_staleness`,
+//! `max_result_bytes`), the
 //! timestamps (`commit_timestamp`, `read_timestamp`), and the settings clients commonly set
 //! that we accept and echo but that change nothing.
 
@@ -8,6 +9,7 @@ use sqlparser::ast;
 use super::{Access, CommandTag, Session, StatementResult, TxnState};
 use crate::catalog;
 use crate::error::{Result, SqlError};
+use crate::limits;
 use crate::plan::OutputColumn;
 use crate::timestamp::{format_duration, parse_duration_setting};
 use crate::types::{DataType, Datum, Row};
@@ -73,6 +75,7 @@ impl Session {
                     .max_staleness
                     .map_or_else(|| "0".to_string(), format_duration))
             }
+            "max_result_bytes" => return Ok(self.max_result_bytes.to_string()),
             _ => {}
         }
         if let Some(value) = self.settings.get(name) {
@@ -152,6 +155,7 @@ impl Session {
                 self.settings.clear();
                 self.default_read_only = false;
                 self.max_staleness = None;
+                self.max_result_bytes = limits::DEFAULT_MAX_RESULT_BYTES;
             }
             ast::Reset::ConfigurationParameter(name) => {
                 self.reset_variable(&name.to_string().to_lowercase())?
@@ -167,6 +171,7 @@ impl Session {
         match name {
             "default_transaction_read_only" => self.default_read_only = false,
             "max_staleness" => self.max_staleness = None,
+            "max_result_bytes" => self.max_result_bytes = limits::DEFAULT_MAX_RESULT_BYTES,
             // The transaction's mode is not a session setting; resetting it changes nothing.
             "transaction_read_only" => {}
             _ if is_known_setting(name) => {
@@ -194,6 +199,20 @@ impl Session {
             "max_staleness" => {
                 let d = parse_duration_setting(name, &value)?;
                 self.max_staleness = (!d.is_zero()).then_some(d);
+                return Ok(());
+            }
+            "max_result_bytes" => {
+                self.max_result_bytes = value
+                    .trim_matches('\'')
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=limits::MAX_RESULT_BYTES_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        SqlError::InvalidParameterValue(format!(
+                            "max_result_bytes must be a byte count from 1 to {}",
+                            limits::MAX_RESULT_BYTES_LIMIT
+                        ))
+                    })?;
                 return Ok(());
             }
             _ => {}

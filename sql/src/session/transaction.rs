@@ -5,8 +5,8 @@
 use sqlparser::ast;
 
 use super::{
-    retry_backoff, run_statement, Access, CommandTag, OpenTxn, Session, StatementResult, TxnState,
-    MAX_AUTOCOMMIT_RETRIES,
+    retry_backoff, run_statement, Access, CommandTag, Env, OpenTxn, Session, StatementResult,
+    TxnState, MAX_AUTOCOMMIT_RETRIES,
 };
 use crate::error::{Result, SqlError};
 use crate::prepared::PlanCache;
@@ -207,16 +207,12 @@ impl Session {
                 }
             }
             open.queried = true;
-            let result = run_statement(
-                &self.schema,
-                &self.user,
-                plan,
-                &mut open.txn,
-                stmt,
-                params,
-                param_types,
-            )
-            .await;
+            let env = Env {
+                schema: &self.schema,
+                user: &self.user,
+                max_result_bytes: self.max_result_bytes,
+            };
+            let result = run_statement(&env, plan, &mut open.txn, stmt, params, param_types).await;
             if open.access == Access::ReadOnly {
                 if let Some(ts) = open.txn.read_ts() {
                     self.last_read_ts = Some(ts);
@@ -261,17 +257,12 @@ impl Session {
                         txn
                     }
                 };
-                match run_statement(
-                    &self.schema,
-                    &self.user,
-                    plan,
-                    &mut txn,
-                    stmt,
-                    params,
-                    param_types,
-                )
-                .await
-                {
+                let env = Env {
+                    schema: &self.schema,
+                    user: &self.user,
+                    max_result_bytes: self.max_result_bytes,
+                };
+                match run_statement(&env, plan, &mut txn, stmt, params, param_types).await {
                     Ok(result) => {
                         let committed = txn.commit().await.map_err(|e| self.kv_error(e))?;
                         if read_only.is_some() {
