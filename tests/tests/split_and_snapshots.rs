@@ -334,3 +334,64 @@ async fn a_new_leader_waits_out_a_crashed_leaders_lease() {
     );
     cluster.shutdown().await;
 }
+
+/// A read at a timestamp repeats after the leader that served it crashes: the next leader
+/// commits nothing at or below any timestamp the old one read at (reads stay below the old
+/// lease's end; the new leader's writes come after it), so the same read at the same time gives
+/// the same answer, while a fresh read sees the new write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_at_a_timestamp_repeat_across_a_leader_crash() {
+    common::init_tracing();
+    let mut cluster = Cluster::start_with_lease(Duration::from_secs(3)).await;
+    let store = cluster.store();
+    let table = cluster.create_table(&store).await;
+    let k = key(table, 1);
+    put(&store, &k, b"before").await.expect("write");
+    let leader = loop {
+        if let Some(l) = common::leader_of(&cluster.pd_addr, table).await {
+            break l as usize - 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let read_at = |bound| {
+        let store = store.clone();
+        let k = k.clone();
+        async move {
+            let mut txn = store.begin_read_only(bound);
+            let value = txn.get(&k).await;
+            (value, txn.read_ts())
+        }
+    };
+    let (first, ts) = read_at(meridian_kv::ReadBound::Strong).await;
+    let ts = ts.expect("a strong read has a timestamp");
+    assert_eq!(first.expect("read"), Some(b"before".to_vec()));
+
+    cluster
+        .failpoints(leader)
+        .arm(meridian_spanserver::failpoints::CRASH_NOW)
+        .expect("arm");
+    let started = Instant::now();
+    let written = loop {
+        match put(&store, &k, b"after").await {
+            Ok(commit_ts) => break commit_ts,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no new leader: {e}"
+            ),
+        }
+    };
+    assert!(
+        written > ts,
+        "the new write at {written} is not after the read at {ts}"
+    );
+    let (again, _) = read_at(meridian_kv::ReadBound::At(ts)).await;
+    assert_eq!(
+        again.expect("the read at the same timestamp"),
+        Some(b"before".to_vec()),
+        "a read at {ts} changed after the leader changed"
+    );
+    let (fresh, _) = read_at(meridian_kv::ReadBound::Strong).await;
+    assert_eq!(fresh.expect("read"), Some(b"after".to_vec()));
+    cluster.stop(leader).await;
+    cluster.shutdown().await;
+}
