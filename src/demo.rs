@@ -56,6 +56,7 @@ pub async fn run(pg_port: u16, no_shell: bool, master_bound: Duration) -> Result
         let opts = meridian_client::shell::ShellOptions {
             url: url.clone(),
             execute: None,
+            certs_dir: None,
         };
         if let Err(e) = meridian_client::shell::run(opts).await {
             eprintln!("shell: {e}");

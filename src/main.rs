@@ -131,6 +131,10 @@ enum Command {
         /// Run this statement (or `;`-separated statements) and exit.
         #[arg(short = 'e', long = "execute")]
         execute: Option<String>,
+        /// A secure cluster's certificates: TLS that trusts only ca.crt, logging in with
+        /// client.<user>.crt if present, else the URL's password or PGPASSWORD.
+        #[arg(long)]
+        certs_dir: Option<PathBuf>,
     },
 }
 
@@ -510,11 +514,17 @@ fn main() -> ExitCode {
                 }
                 .map_err(|e| e.to_string())
             }
-            Command::Sql { url, execute } => {
-                meridian_client::shell::run(meridian_client::shell::ShellOptions { url, execute })
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            Command::Sql {
+                url,
+                execute,
+                certs_dir,
+            } => meridian_client::shell::run(meridian_client::shell::ShellOptions {
+                url,
+                execute,
+                certs_dir,
+            })
+            .await
+            .map_err(|e| e.to_string()),
         }
     });
     // Blocking tasks (a shell's line reader) must not keep the process alive.

@@ -1,13 +1,27 @@
 //! Connecting to a Meridian server over the PostgreSQL wire protocol with tokio-postgres, and
 //! describing its errors.
 //!
-//! Local and test servers run insecure: user `root`, database `meridian`, no TLS, no password.
-//! The connection task is spawned on the current tokio runtime and dropped silently when the
-//! server goes away; the next statement on the client then fails with a closed-connection error.
+//! Local and test servers run insecure: user `root`, database `meridian`, no TLS, no password
+//! ([`connect`]). A secure cluster's clients use [`connect_secure`]: TLS that trusts only the
+//! cluster's CA, and a client certificate or a password. The connection task is spawned on the
+//! current tokio runtime and dropped silently when the server goes away; the next statement on
+//! the client then fails with a closed-connection error.
 
+use std::path::Path;
 use std::time::Duration;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
+
+/// Why a secure connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The certs directory lacks the CA or holds an unusable certificate or key.
+    #[error("certificates: {0}")]
+    Certs(#[from] meridian_security::certs::CertError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
 
 /// How long a connection attempt may take before it fails, unless the config says otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,6 +36,26 @@ pub async fn connect(config: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         // The client reports the broken connection on its next statement.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Connects to `config` over TLS that trusts only `certs_dir`'s CA and checks the server's
+/// certificate against the host (libpq's `sslmode=verify-full`), presenting
+/// `client.<user>.crt` if the directory has one; a password, if needed, comes from `config`.
+/// With [`CONNECT_TIMEOUT`] unless `config` sets one; spawns the connection task.
+pub async fn connect_secure(mut config: Config, certs_dir: &Path) -> Result<Client, ConnectError> {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let user = config.get_user().unwrap_or_default().to_string();
+    let tls = meridian_security::tls::client_config(certs_dir, &user)?;
+    config.ssl_mode(SslMode::Require);
+    let (client, connection) = config
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        .await?;
+    tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(client)

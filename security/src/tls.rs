@@ -1,5 +1,5 @@
 //! TLS configurations from a certs directory ([`crate::certs`]): what a server presents and
-//! which clients it trusts.
+//! which clients it trusts, and what a SQL client trusts and presents.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,9 +7,9 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::certs::{CertError, CA_CERT, NODE_CERT, NODE_KEY};
+use crate::certs::{client_cert, client_key, CertError, CA_CERT, NODE_CERT, NODE_KEY};
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let found = CertificateDer::pem_file_iter(path)
@@ -88,6 +88,29 @@ pub fn server_config(certs_dir: &Path) -> Result<Arc<ServerConfig>, CertError> {
         )
         .map_err(|e| CertError::Invalid(format!("{NODE_CERT}/{NODE_KEY}: {e}")))?;
     Ok(Arc::new(config))
+}
+
+/// A SQL client's configuration: it trusts only the cluster's CA (so the server must present
+/// a certificate for the host it was asked for, as libpq's `verify-full`), and presents
+/// `client.<user>.crt` when the directory holds one (a certificate login), else nothing (the
+/// user then logs in with a password).
+pub fn client_config(certs_dir: &Path, user: &str) -> Result<ClientConfig, CertError> {
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CertError::Invalid(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots(certs_dir)?);
+    let (cert, key_path) = (
+        certs_dir.join(client_cert(user)),
+        certs_dir.join(client_key(user)),
+    );
+    if !cert.exists() {
+        return Ok(builder.with_no_client_auth());
+    }
+    builder
+        .with_client_auth_cert(certs(&cert)?, key(&key_path)?)
+        .map_err(|e| CertError::Invalid(format!("{}: {e}", cert.display())))
 }
 
 #[cfg(test)]

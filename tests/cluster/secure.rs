@@ -1,6 +1,7 @@
 //! A secure cluster (`--certs-dir`) through psql: certificates from `meridian cert`, TLS with
 //! `sslmode=verify-full`, root by client certificate, a user by SCRAM password; a wrong
-//! password, a plain-text connection and a non-administrator's user DDL are refused; and no
+//! password, a plain-text connection and a non-administrator's user DDL are refused; `meridian
+//! sql --certs-dir` logs in the same ways; and no
 //! gRPC call without a node certificate reaches a server (the cluster itself works, so its
 //! processes do reach one another over mutual TLS).
 
@@ -116,6 +117,33 @@ async fn secure_cluster_needs_tls_and_a_certificate_or_password() {
     let out = psql(&psql_bin, &as_alice, Some("correct horse"), "SELECT 40 + 2").await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+
+    // The shell: root by its certificate, alice by PGPASSWORD, and nobody without TLS.
+    let shell = |user: &str, certs_dir: Option<&Path>, password: Option<&str>| {
+        let mut command = std::process::Command::new(meridian());
+        command
+            .args(["sql", "--url"])
+            .arg(format!("postgresql://{user}@localhost:{port}/meridian"))
+            .args(["-e", "SELECT 6 * 7"])
+            .env_remove("PGPASSWORD");
+        if let Some(dir) = certs_dir {
+            command.arg("--certs-dir").arg(dir);
+        }
+        if let Some(password) = password {
+            command.env("PGPASSWORD", password);
+        }
+        command.output().expect("run meridian sql")
+    };
+    let out = shell("root", Some(&certs), None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("42"), "{}", text(&out));
+    let out = shell("alice", Some(&certs), Some("correct horse"));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = shell("alice", Some(&certs), Some("wrong"));
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = shell("root", None, None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("TLS"), "{}", text(&out));
 
     // A wrong password, no TLS, and user DDL by a non-administrator are each refused.
     let out = psql(&psql_bin, &as_alice, Some("wrong"), "SELECT 1").await;

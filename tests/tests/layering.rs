@@ -34,7 +34,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("meridian-pd", &["meridian-common", "meridian-proto"]),
-    ("meridian-client", &["meridian-common", "meridian-proto"]),
+    (
+        "meridian-client",
+        &["meridian-common", "meridian-proto", "meridian-security"],
+    ),
     (
         "meridian-node",
         &[

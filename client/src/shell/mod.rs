@@ -42,6 +42,8 @@ pub const DEFAULT_DATABASE: &str = "meridian";
 /// How long to wait for the server to accept the connection, unless the URL sets
 /// `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The environment variable a password is read from when the URL has none (as libpq does).
+pub const PASSWORD_ENV: &str = "PGPASSWORD";
 /// The history file's name, in the user's home directory.
 pub const HISTORY_FILE_NAME: &str = ".meridian_history";
 
@@ -55,6 +57,10 @@ pub struct ShellOptions {
     /// Statements to run instead of starting the interactive shell (`-e`); several may be
     /// separated by `;`.
     pub execute: Option<String>,
+    /// A secure cluster's certificates (`--certs-dir`): connect over TLS that trusts only its
+    /// CA, presenting `client.<user>.crt` if it is there (else the URL's password, or
+    /// `PGPASSWORD`, logs in). `None` connects without TLS.
+    pub certs_dir: Option<std::path::PathBuf>,
 }
 
 /// Why the shell stopped with an error.
@@ -74,6 +80,9 @@ pub enum ShellError {
         /// What tokio-postgres found wrong with it.
         error: tokio_postgres::Error,
     },
+    /// `--certs-dir` lacks the CA or holds an unusable certificate or key.
+    #[error("cannot use the certificates: {0}")]
+    Certificates(String),
 
     // The server is unreachable: check it is running, then retry.
     /// The server did not accept the connection.
@@ -117,7 +126,7 @@ pub enum ShellError {
 /// Must be called inside a tokio runtime; the terminal is read on a blocking thread, so any
 /// runtime flavour works.
 pub async fn run(opts: ShellOptions) -> Result<(), ShellError> {
-    let session = Session::connect(&opts.url).await?;
+    let session = Session::connect(&opts.url, opts.certs_dir.as_deref()).await?;
     match &opts.execute {
         Some(statements) => session.execute_all(statements).await,
         None => session.interactive().await,
@@ -141,8 +150,12 @@ enum Ran {
 }
 
 impl Session {
-    /// Parses `url`, fills in the defaults and connects, spawning the connection task.
-    async fn connect(url: &str) -> Result<Session, ShellError> {
+    /// Parses `url`, fills in the defaults and connects (over TLS with `certs_dir`), spawning
+    /// the connection task.
+    async fn connect(
+        url: &str,
+        certs_dir: Option<&std::path::Path>,
+    ) -> Result<Session, ShellError> {
         let mut config: Config = url.parse().map_err(|error| ShellError::InvalidUrl {
             url: url.to_string(),
             error,
@@ -156,19 +169,41 @@ impl Session {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
+        if config.get_password().is_none() {
+            if let Ok(password) = std::env::var(PASSWORD_ENV) {
+                config.password(password);
+            }
+        }
         let target = describe_target(&config);
-        let (client, connection) =
-            config
-                .connect(NoTls)
-                .await
-                .map_err(|error| ShellError::Connect {
-                    target: target.clone(),
-                    error,
-                })?;
-        tokio::spawn(async move {
-            // A broken connection also fails the next statement, which reports it properly.
-            let _ = connection.await;
-        });
+        let client =
+            match certs_dir {
+                Some(dir) => crate::pg::connect_secure(config, dir)
+                    .await
+                    .map_err(|error| match error {
+                        crate::pg::ConnectError::Certs(e) => {
+                            ShellError::Certificates(e.to_string())
+                        }
+                        crate::pg::ConnectError::Postgres(error) => ShellError::Connect {
+                            target: target.clone(),
+                            error,
+                        },
+                    })?,
+                None => {
+                    let (client, connection) =
+                        config
+                            .connect(NoTls)
+                            .await
+                            .map_err(|error| ShellError::Connect {
+                                target: target.clone(),
+                                error,
+                            })?;
+                    tokio::spawn(async move {
+                        // A broken connection also fails the next statement, which reports it.
+                        let _ = connection.await;
+                    });
+                    client
+                }
+            };
         Ok(Session { client, target })
     }
 
@@ -418,6 +453,7 @@ mod tests {
         let error = run(ShellOptions {
             url: "postgresql://host:notaport/db".to_string(),
             execute: Some("SELECT 1".to_string()),
+            certs_dir: None,
         })
         .await
         .expect_err("the port does not parse");
@@ -434,6 +470,7 @@ mod tests {
         let error = run(ShellOptions {
             url: format!("postgresql://root@127.0.0.1:{port}/meridian"),
             execute: Some("SELECT 1".to_string()),
+            certs_dir: None,
         })
         .await
         .expect_err("nothing listens there");
@@ -441,5 +478,18 @@ mod tests {
         assert!(error
             .to_string()
             .contains(&format!("root@127.0.0.1:{port}/meridian")));
+    }
+
+    #[tokio::test]
+    async fn a_certs_dir_without_a_ca_is_a_certificate_error() {
+        let dir = std::env::temp_dir().join(format!("meridian-no-certs-{}", std::process::id()));
+        let error = run(ShellOptions {
+            url: "postgresql://root@127.0.0.1:1/meridian".to_string(),
+            execute: Some("SELECT 1".to_string()),
+            certs_dir: Some(dir),
+        })
+        .await
+        .expect_err("there is no ca.crt");
+        assert!(matches!(error, ShellError::Certificates(_)), "{error:?}");
     }
 }
