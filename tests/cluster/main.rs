@@ -96,6 +96,10 @@ fn account(id: i64, owner: &str, balance: i64) -> (i64, String, i64) {
 async fn crud_through_tokio_postgres() {
     let cluster = ready_cluster().await;
     let client = cluster.connect(0).await.expect("connect to server 1");
+    // The harness's servers read a truetime agent: SHOW clock says so, with no warning.
+    let clock = text_rows(&client, "SHOW clock").await.expect("SHOW clock");
+    let clock = clock[0][0].clone().unwrap_or_default();
+    assert!(clock.starts_with("measured by a truetime agent"), "{clock}");
 
     client
         .batch_execute("CREATE TABLE accounts (id INT8 PRIMARY KEY, owner TEXT, balance INT8)")

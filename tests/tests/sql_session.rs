@@ -493,6 +493,22 @@ async fn results_are_bounded_by_max_result_bytes_except_streamed_aggregates() {
     cluster.shutdown().await;
 }
 
+/// An in-process node's clock is a declared bound that nothing measures: `SHOW clock` warns.
+#[tokio::test]
+async fn show_clock_warns_of_an_unmeasured_bound() {
+    let cluster = common::single_node().await;
+    let mut s = session(&cluster);
+    let rows = query(&mut s, "SHOW clock").await;
+    let [row] = rows.as_slice() else {
+        panic!("SHOW clock: {rows:?}");
+    };
+    assert!(
+        matches!(&row[0], Datum::Text(t) if t.starts_with("WARNING") && t.contains("1000 µs")),
+        "{row:?}"
+    );
+    cluster.shutdown().await;
+}
+
 /// The deepest statement the limits let through still binds, evaluates and drops on a default
 /// 2 MiB stack; one level past them is refused with 54001 before it is parsed, and text past
 /// the length limit with 54000.

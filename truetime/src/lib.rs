@@ -126,6 +126,12 @@ pub trait TrueTime: Send + Sync + 'static {
     fn check_usable(&self) -> Result<(), ClockError> {
         Ok(())
     }
+
+    /// Where the interval comes from and how wide it is now, for operators (`SHOW clock`). A
+    /// bound that nothing measures starts with `WARNING`.
+    fn describe(&self) -> String {
+        format!("ε {} µs", self.now().epsilon_nanos() / 1000)
+    }
 }
 
 fn system_nanos() -> u64 {
@@ -166,6 +172,15 @@ impl TrueTime for SystemTrueTime {
             earliest: t - self.epsilon,
             latest: t + self.epsilon,
         }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "WARNING: the system clock with a declared bound of ±{} µs, not measured (no \
+             truetime agent): commits are externally consistent only if the clock really is \
+             that close to true time",
+            self.epsilon.as_micros()
+        )
     }
 }
 

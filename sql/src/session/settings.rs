@@ -51,6 +51,7 @@ impl Session {
                 Datum::Text(if admin { "on" } else { "off" }.to_string())
             }
             "session_user" | "current_user" => Datum::Text(self.user.clone()),
+            "clock" => Datum::Text(self.store.clock().describe()),
             _ => Datum::Text(self.setting(name)?),
         };
         Ok(StatementResult {

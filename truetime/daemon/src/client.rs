@@ -193,4 +193,16 @@ impl TrueTime for AgentClock {
         }
         Ok(())
     }
+
+    fn describe(&self) -> String {
+        let usable = match self.check_usable() {
+            Ok(()) => "usable".to_string(),
+            Err(e) => format!("UNUSABLE: {e}"),
+        };
+        format!(
+            "measured by a truetime agent: ε {} µs now (at most {} µs), {usable}",
+            self.now().epsilon_nanos() / 1000,
+            self.max_epsilon.as_micros()
+        )
+    }
 }
