@@ -21,6 +21,10 @@
 //!    bounds from it: a point `get`, a bounded `scan`, or the whole table.
 //! 6. [`executor::execute`] runs the plan inside the statement's storage transaction, reading
 //!    in pages; in autocommit mode the session commits and retries conflicts (40001) itself.
+//!    On a connection a query streams instead ([`executor::stream`], through
+//!    [`session::Session::execute_streaming`]): its rows go out a page at a time as the scan
+//!    reads them, and only operators that must hold their input (sort, DISTINCT) hold it,
+//!    up to `max_result_bytes`.
 //! 7. The server encodes rows in text or binary per the client's request.
 //!
 //! ## Data layout

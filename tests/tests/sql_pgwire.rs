@@ -533,3 +533,71 @@ async fn ready_for_query_reports_transaction_status() {
     drop(stream);
     server.shutdown().await;
 }
+
+/// A scan's rows stream to the client a page at a time instead of being held whole: with
+/// `max_result_bytes` far below the result, a plain or filtered scan (simple and extended
+/// protocol, in autocommit and in a transaction) still returns every row, while a sort, which
+/// must hold its input, is refused with 54000; an error after rows were sent reaches the
+/// client, and the connection goes on.
+#[tokio::test]
+async fn scans_stream_their_rows_and_only_held_results_are_bounded() {
+    let server = start().await;
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE wide (id INT8 PRIMARY KEY, pad TEXT)")
+        .await
+        .unwrap();
+    for chunk in (0..3000).collect::<Vec<i64>>().chunks(500) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("({i}, '{}')", "x".repeat(100)))
+            .collect();
+        client
+            .batch_execute(&format!("INSERT INTO wide VALUES {}", rows.join(", ")))
+            .await
+            .unwrap();
+    }
+    // 3000 rows of ~110 bytes: over 300 KB, against a 50 KB limit.
+    client
+        .batch_execute("SET max_result_bytes = 50000")
+        .await
+        .unwrap();
+    let simple = client.simple_query("SELECT * FROM wide").await.unwrap();
+    let rows = simple
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 3000);
+    assert!(matches!(
+        simple.last(),
+        Some(SimpleQueryMessage::CommandComplete(3000))
+    ));
+    let extended = client
+        .query("SELECT id FROM wide WHERE id % $1 = 0", &[&2i64])
+        .await
+        .unwrap();
+    assert_eq!(extended.len(), 1500);
+    let limited = client
+        .query("SELECT id FROM wide ORDER BY id LIMIT 2", &[])
+        .await
+        .map(|rows| rows.len())
+        .map_err(|e| code(&e));
+    assert_eq!(limited, Err("54000".to_string()), "a sort holds its input");
+    let paged = client
+        .query("SELECT id FROM wide LIMIT 5 OFFSET 2998", &[])
+        .await
+        .unwrap();
+    assert_eq!(paged.len(), 2);
+    client.batch_execute("BEGIN").await.unwrap();
+    let in_txn = client.query("SELECT pad FROM wide", &[]).await.unwrap();
+    assert_eq!(in_txn.len(), 3000);
+    client.batch_execute("COMMIT").await.unwrap();
+    // An error in the middle of a stream: rows went out, then the error.
+    let failed = client
+        .simple_query("SELECT 10 / (id - 2500) FROM wide")
+        .await
+        .map_err(|e| code(&e));
+    assert_eq!(failed.err().as_deref(), Some("22012"));
+    assert_usable(&client).await;
+    server.shutdown().await;
+}

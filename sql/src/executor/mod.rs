@@ -1,8 +1,9 @@
 //! The executor: runs a logical plan inside a storage transaction.
 //!
-//! Operators are materializing: each returns its rows as a `Vec`, which keeps them simple and
-//! is fine for a walking skeleton (a streaming executor comes with distributed plans). Two
-//! things keep big tables from costing more than they must:
+//! Operators are materializing: each returns its rows as a `Vec`, which keeps them simple. A
+//! query's result, though, goes to its connection a page at a time ([`stream`]) whenever its
+//! plan is a scan with filters, projections and a limit over it. Three things keep big tables
+//! from costing more than they must:
 //!
 //! - scans read in pages of [`scan::PAGE_SIZE`] rows, resuming after the last key, so no single
 //!   storage call is huge;
@@ -19,6 +20,7 @@
 mod aggregate;
 mod dml;
 pub mod scan;
+pub mod stream;
 
 use std::cmp::Ordering;
 use std::collections::HashSet;

@@ -123,48 +123,76 @@ pub async fn for_each_page(
     params: &[Datum],
     mut sink: impl FnMut(Vec<(Row, usize)>) -> Result<bool>,
 ) -> Result<()> {
-    let keep = |row: &Row| -> Result<bool> {
-        match filter {
-            Some(f) => Ok(truth(&f.eval(row, params)?) == Some(true)),
-            None => Ok(true),
-        }
-    };
-    match key_range(table, bounds, params)? {
-        KeyRange::Empty => {}
-        KeyRange::Point(key) => {
-            if let Some(value) = txn.get(&key).await? {
-                let row = decode_table_row(table, &key, &value)?;
-                if keep(&row)? {
-                    sink(vec![(row, key.len() + value.len())])?;
-                }
-            }
-        }
-        KeyRange::Range(start, end) => {
-            let mut cursor = start;
-            loop {
-                let page = txn.scan(&cursor, &end, Some(PAGE_SIZE)).await?;
-                let full = page.len() >= PAGE_SIZE;
-                let mut rows = Vec::new();
-                for (key, value) in &page {
-                    let row = decode_table_row(table, key, value)?;
-                    if keep(&row)? {
-                        rows.push((row, key.len() + value.len()));
-                    }
-                }
-                if !sink(rows)? || !full {
-                    break;
-                }
-                match page.last() {
-                    Some((last, _)) => {
-                        cursor = last.clone();
-                        cursor.push(0);
-                    }
-                    None => break,
-                }
-            }
+    let mut cursor = Cursor::new(table, bounds, filter, params)?;
+    while let Some(page) = cursor.next_page(txn, params).await? {
+        if !sink(page)? {
+            break;
         }
     }
     Ok(())
+}
+
+/// A scan in progress: each [`Cursor::next_page`] reads up to [`PAGE_SIZE`] keys and returns
+/// the rows among them that pass the filter (possibly none), until the range is done.
+pub struct Cursor<'p> {
+    table: &'p TableDesc,
+    filter: Option<&'p ScalarExpr>,
+    /// What is left to read; `Empty` once done.
+    left: KeyRange,
+}
+
+impl<'p> Cursor<'p> {
+    pub fn new(
+        table: &'p TableDesc,
+        bounds: &KeyBounds,
+        filter: Option<&'p ScalarExpr>,
+        params: &[Datum],
+    ) -> Result<Cursor<'p>> {
+        Ok(Cursor {
+            table,
+            filter,
+            left: key_range(table, bounds, params)?,
+        })
+    }
+
+    /// The next page's rows that pass the filter, each with its size as stored; `None` once
+    /// the range is done.
+    pub async fn next_page(
+        &mut self,
+        txn: &mut Txn,
+        params: &[Datum],
+    ) -> Result<Option<Vec<(Row, usize)>>> {
+        let pairs = match std::mem::replace(&mut self.left, KeyRange::Empty) {
+            KeyRange::Empty => return Ok(None),
+            KeyRange::Point(key) => match txn.get(&key).await? {
+                Some(value) => vec![(key, value)],
+                None => Vec::new(),
+            },
+            KeyRange::Range(start, end) => {
+                let page = txn.scan(&start, &end, Some(PAGE_SIZE)).await?;
+                if page.len() >= PAGE_SIZE {
+                    if let Some((last, _)) = page.last() {
+                        let mut next = last.clone();
+                        next.push(0);
+                        self.left = KeyRange::Range(next, end);
+                    }
+                }
+                page
+            }
+        };
+        let mut rows = Vec::with_capacity(pairs.len());
+        for (key, value) in &pairs {
+            let row = decode_table_row(self.table, key, value)?;
+            let keep = match self.filter {
+                Some(f) => truth(&f.eval(&row, params)?) == Some(true),
+                None => true,
+            };
+            if keep {
+                rows.push((row, key.len() + value.len()));
+            }
+        }
+        Ok(Some(rows))
+    }
 }
 
 /// The key and value storing `row` (a full table row in column order).

@@ -1,6 +1,7 @@
 //! The per-connection pgwire handlers: startup, simple query, extended query.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -39,12 +40,16 @@ use tokio::sync::Mutex;
 use super::auth::{Gatekeeper, Startup};
 use super::codec;
 use crate::error::SqlError;
+use crate::executor::stream::{RowSink, Streamed};
 use crate::plan::OutputColumn;
 use crate::schema::SchemaCache;
 use crate::session::{
     self, CommandTag, Description, Session, Statement, StatementResult, TransactionStatus,
 };
-use crate::types::DataType;
+use crate::types::{DataType, Datum};
+
+/// Pages of rows a streaming statement may run ahead of its connection.
+const STREAM_PAGES: usize = 2;
 
 /// A statement prepared with Parse: the parsed statement and what Describe reports.
 #[derive(Debug, Clone)]
@@ -244,6 +249,150 @@ fn format_for(format: &Format, i: usize) -> FieldFormat {
     }
 }
 
+impl Connection {
+    /// Runs the statements of a simple Query in order, each streaming its rows to `client` as
+    /// it produces them; stops at the first error, which is queued in place of the rest.
+    async fn run_simple<C>(&self, client: &mut C, text: &str) -> PgWireResult<()>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = match session::parse(text) {
+            Ok(statements) => statements,
+            Err(e) => return queue_error(client, &e).await,
+        };
+        let mut session = self.session.lock().await;
+        for stmt in &statements {
+            let (sink, rows) = RowSink::new(STREAM_PAGES);
+            let run = session.execute_streaming(stmt, &[], &[], sink);
+            let delivery = Delivery {
+                describe: true,
+                format: &|_| FieldFormat::Text,
+                described: None,
+            };
+            if let Err(e) = run_streamed(client, rows, run, delivery).await? {
+                return queue_error(client, &e).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queues an ErrorResponse for `e`.
+async fn queue_error<C>(client: &mut C, e: &SqlError) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    client
+        .feed(PgWireBackendMessage::ErrorResponse(error_info(e).into()))
+        .await?;
+    Ok(())
+}
+
+/// How a streamed result goes out.
+struct Delivery<'f> {
+    /// Send a RowDescription first (the simple protocol; the extended one described it
+    /// already).
+    describe: bool,
+    /// Each column's format.
+    format: &'f (dyn Fn(usize) -> FieldFormat + Sync),
+    /// What Describe promised (columns, or `None` for no rows), which the result must match;
+    /// `None` when nothing was described (the simple protocol).
+    described: Option<Option<&'f [OutputColumn]>>,
+}
+
+/// Runs `statement`, whose rows stream into `rows`' sender, and queues its result as it comes:
+/// RowDescription (per `delivery`) and a DataRow per row, then CommandComplete. A statement
+/// that streamed nothing answers as usual ([`response`]). The outer error is the connection's;
+/// the inner one the statement's, for the caller to report (after any rows already sent, as
+/// PostgreSQL does).
+async fn run_streamed<C, F>(
+    client: &mut C,
+    rows: tokio::sync::mpsc::Receiver<Streamed>,
+    statement: F,
+    delivery: Delivery<'_>,
+) -> PgWireResult<Result<(), SqlError>>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    F: Future<Output = Result<StatementResult, SqlError>>,
+{
+    let (result, drained) = futures::join!(statement, drain_rows(&mut *client, rows, &delivery));
+    let streamed = match drained? {
+        Ok(streamed) => streamed,
+        Err(e) => return Ok(Err(e)),
+    };
+    let result = match result {
+        Ok(result) => result,
+        Err(e) => return Ok(Err(e)),
+    };
+    if streamed {
+        send_execution_response(client, execution_tag(result.tag)).await?;
+        return Ok(Ok(()));
+    }
+    if let Some(described) = delivery.described {
+        if let Err(e) = check_same_columns(described, result.columns.as_deref()) {
+            return Ok(Err(e));
+        }
+    }
+    match response(result, delivery.format) {
+        Ok(response) => queue_response(client, response, delivery.describe).await?,
+        Err(e) => return Ok(Err(e)),
+    }
+    Ok(Ok(()))
+}
+
+/// Queues what a streaming statement sends until it is done; whether it streamed a result.
+async fn drain_rows<C>(
+    client: &mut C,
+    mut rows: tokio::sync::mpsc::Receiver<Streamed>,
+    delivery: &Delivery<'_>,
+) -> PgWireResult<Result<bool, SqlError>>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let mut shape: Option<(Vec<FieldInfo>, Vec<OutputColumn>)> = None;
+    while let Some(item) = rows.recv().await {
+        match item {
+            Streamed::Columns(columns) => {
+                if let Some(described) = delivery.described {
+                    if let Err(e) = check_same_columns(described, Some(&columns)) {
+                        return Ok(Err(e));
+                    }
+                }
+                let fields = codec::fields(&columns, delivery.format);
+                if delivery.describe {
+                    let description = fields.iter().map(Into::into).collect();
+                    client
+                        .feed(PgWireBackendMessage::RowDescription(RowDescription::new(
+                            description,
+                        )))
+                        .await?;
+                }
+                shape = Some((fields, columns));
+            }
+            Streamed::Rows(page) => {
+                let Some((fields, columns)) = &shape else {
+                    return Ok(Err(SqlError::Internal("rows before their columns".into())));
+                };
+                for row in &page {
+                    match codec::encode_row(row, fields, columns) {
+                        Ok(data) => client.feed(PgWireBackendMessage::DataRow(data)).await?,
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
+            }
+        }
+    }
+    Ok(Ok(shape.is_some()))
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Connection {
     /// Like pgwire's default, but reports the session's own transaction status in
@@ -267,9 +416,7 @@ impl SimpleQueryHandler for Connection {
                 ))
                 .await?;
         } else {
-            for r in SimpleQueryHandler::do_query(self, client, &query.query).await? {
-                queue_response(client, r, true).await?;
-            }
+            self.run_simple(client, &query.query).await?;
         }
         let status = self.wire_status().await;
         client.set_state(PgWireConnectionState::ReadyForQuery);
@@ -392,8 +539,9 @@ impl ExtendedQueryHandler for Connection {
         }
     }
 
-    /// Runs a portal to completion (`max_rows` 0, what drivers send) and queues the whole
-    /// result for the flush at Sync, like [`Self::on_bind`]. A row-limited Execute takes
+    /// Runs a portal to completion (`max_rows` 0, what drivers send), streaming its rows as
+    /// they come (the flush waits for Sync, like [`Self::on_bind`], unless the socket's buffer
+    /// fills first). A row-limited Execute takes
     /// pgwire's default path, which keeps the portal open between fetches.
     async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
     where
@@ -417,12 +565,26 @@ impl ExtendedQueryHandler for Connection {
         client.set_state(PgWireConnectionState::QueryInProgress);
         // An error leaves the state as pgwire's default does: the connection loop reports it
         // and discards messages until Sync.
-        let response = ExtendedQueryHandler::do_query(self, client, &portal, 0).await?;
+        let (params, types) = portal_params(&portal)?;
+        let prepared = &portal.statement.statement;
+        let format = portal.result_column_format.clone();
+        let format = move |i| format_for(&format, i);
+        let delivery = Delivery {
+            describe: false,
+            format: &format,
+            described: Some(prepared.description.columns.as_deref()),
+        };
+        let outcome = {
+            let mut session = self.session.lock().await;
+            let (sink, rows) = RowSink::new(STREAM_PAGES);
+            let run = session.execute_streaming(&prepared.statement, &params, &types, sink);
+            run_streamed(client, rows, run, delivery).await?
+        };
+        outcome.map_err(user_error)?;
         // Run to completion: a second Execute of this portal returns no more rows, as in
         // PostgreSQL.
         *portal.state().lock().await = PortalExecutionState::Finished;
         client.set_state(PgWireConnectionState::ReadyForQuery);
-        queue_response(client, response, false).await?;
         let status = self.wire_status().await;
         client.set_transaction_status(status);
         Ok(())
@@ -461,49 +623,7 @@ impl ExtendedQueryHandler for Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
-        let declared = &portal.statement.parameter_types;
-        // Parameter types: what the client declared, else what Parse inferred.
-        let mut types = Vec::with_capacity(portal.parameters.len());
-        for i in 0..portal
-            .parameters
-            .len()
-            .max(prepared.description.params.len())
-        {
-            let ty = match declared.get(i).and_then(|t| t.as_ref()) {
-                Some(t) => codec::from_pg_type(Some(t)).map_err(user_error)?,
-                None => DataType::Unknown,
-            };
-            let ty = if ty == DataType::Unknown {
-                prepared
-                    .description
-                    .params
-                    .get(i)
-                    .copied()
-                    .unwrap_or(DataType::Text)
-            } else {
-                ty
-            };
-            types.push(ty);
-        }
-        if portal.parameters.len() != prepared.description.params.len() {
-            return Err(user_error(SqlError::ProtocolViolation(format!(
-                "bind message supplies {} parameters, but prepared statement requires {}",
-                portal.parameters.len(),
-                prepared.description.params.len()
-            ))));
-        }
-        let params = portal
-            .parameters
-            .iter()
-            .zip(&types)
-            .enumerate()
-            .map(|(i, (bytes, ty))| {
-                let binary = format_for(&portal.parameter_format, i) == FieldFormat::Binary;
-                codec::decode_param(bytes.as_deref(), binary, *ty)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(user_error)?;
-
+        let (params, types) = portal_params(portal)?;
         let result = self
             .session
             .lock()
@@ -519,6 +639,55 @@ impl ExtendedQueryHandler for Connection {
         let format = portal.result_column_format.clone();
         response(result, |i| format_for(&format, i)).map_err(user_error)
     }
+}
+
+/// A portal's parameter values, decoded as the types the client declared (else those Parse
+/// inferred), and those types.
+fn portal_params(portal: &Portal<Prepared>) -> PgWireResult<(Vec<Datum>, Vec<DataType>)> {
+    let prepared = &portal.statement.statement;
+    let declared = &portal.statement.parameter_types;
+    // Parameter types: what the client declared, else what Parse inferred.
+    let mut types = Vec::with_capacity(portal.parameters.len());
+    for i in 0..portal
+        .parameters
+        .len()
+        .max(prepared.description.params.len())
+    {
+        let ty = match declared.get(i).and_then(|t| t.as_ref()) {
+            Some(t) => codec::from_pg_type(Some(t)).map_err(user_error)?,
+            None => DataType::Unknown,
+        };
+        let ty = if ty == DataType::Unknown {
+            prepared
+                .description
+                .params
+                .get(i)
+                .copied()
+                .unwrap_or(DataType::Text)
+        } else {
+            ty
+        };
+        types.push(ty);
+    }
+    if portal.parameters.len() != prepared.description.params.len() {
+        return Err(user_error(SqlError::ProtocolViolation(format!(
+            "bind message supplies {} parameters, but prepared statement requires {}",
+            portal.parameters.len(),
+            prepared.description.params.len()
+        ))));
+    }
+    let params = portal
+        .parameters
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .map(|(i, (bytes, ty))| {
+            let binary = format_for(&portal.parameter_format, i) == FieldFormat::Binary;
+            codec::decode_param(bytes.as_deref(), binary, *ty)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(user_error)?;
+    Ok((params, types))
 }
 
 /// A prepared statement's result columns must not change between Describe and Execute (the

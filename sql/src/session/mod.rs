@@ -75,7 +75,8 @@ use sqlparser::ast;
 
 use crate::binder::{bind_statement, referenced_tables, statement_name};
 use crate::error::{Result, SqlError};
-use crate::executor::execute;
+use crate::executor::stream::{self, RowSink};
+use crate::executor::{execute, ExecOutput};
 use crate::optimizer::optimize;
 use crate::plan::OutputColumn;
 use crate::prepared::{CachedPlan, PlanCache};
@@ -283,6 +284,8 @@ pub struct Session {
     max_staleness: Option<Duration>,
     /// `max_result_bytes`: the most bytes of rows one statement may read into memory.
     max_result_bytes: usize,
+    /// Where the running statement streams its rows, if its connection takes them so.
+    row_sink: Option<RowSink>,
     /// Other settings, as set (they change nothing).
     settings: BTreeMap<String, String>,
     /// Who is logged in ([`crate::users::ROOT`] until the connection says otherwise).
@@ -318,6 +321,7 @@ impl Session {
             default_read_only: false,
             max_staleness: None,
             max_result_bytes: crate::limits::DEFAULT_MAX_RESULT_BYTES,
+            row_sink: None,
             settings: BTreeMap::new(),
             user: crate::users::ROOT.to_string(),
         }
@@ -379,6 +383,23 @@ impl Session {
     ) -> Result<StatementResult> {
         let declared: Vec<DataType> = params.iter().map(declared_type).collect();
         self.execute_prepared(stmt, params, &declared).await
+    }
+
+    /// [`Session::execute_prepared`], streaming a query's result to `sink` (its columns, then
+    /// its rows a page at a time) instead of returning its rows; the result's tag counts them.
+    /// Statements that return no rows, or rows from a write, answer as usual. The sink is
+    /// dropped when the statement ends, which ends its receiver's stream.
+    pub async fn execute_streaming(
+        &mut self,
+        stmt: &Statement,
+        params: &[Datum],
+        param_types: &[DataType],
+        sink: RowSink,
+    ) -> Result<StatementResult> {
+        self.row_sink = Some(sink);
+        let result = self.execute_prepared(stmt, params, param_types).await;
+        self.row_sink = None;
+        result
     }
 
     /// Runs one parsed statement with parameter values and the parameter types the client
@@ -542,6 +563,8 @@ struct Env<'a> {
     user: &'a str,
     /// `max_result_bytes`.
     max_result_bytes: usize,
+    /// Where a query's rows go, if they stream.
+    sink: Option<&'a RowSink>,
 }
 
 /// Binds, optimizes and runs a query or DML statement inside `txn`. The plan comes from the
@@ -559,6 +582,7 @@ async fn run_statement(
         schema,
         user,
         max_result_bytes,
+        sink,
     } = *env;
     let current = schema.current().await?;
     let planned = match cache.get(current.version, param_types) {
@@ -585,7 +609,19 @@ async fn run_statement(
         current.check(user, table, *needed)?;
     }
     let params = coerce_params(params, &planned.param_types)?;
-    let output = execute(&planned.plan, txn, &params, max_result_bytes).await?;
+    let output = match sink {
+        Some(sink) if planned.kind == crate::binder::StatementKind::Select => {
+            let columns = planned.columns.clone().unwrap_or_default();
+            let count =
+                stream::stream(&planned.plan, columns, txn, &params, max_result_bytes, sink)
+                    .await?;
+            ExecOutput {
+                rows: Vec::new(),
+                count,
+            }
+        }
+        _ => execute(&planned.plan, txn, &params, max_result_bytes).await?,
+    };
     let tag = match planned.kind {
         crate::binder::StatementKind::Select => CommandTag::Select(output.count),
         crate::binder::StatementKind::Insert => CommandTag::Insert(output.count),

@@ -9,6 +9,7 @@ use super::{
     TxnState, MAX_AUTOCOMMIT_RETRIES,
 };
 use crate::error::{Result, SqlError};
+use crate::executor::stream::RowSink;
 use crate::prepared::PlanCache;
 use crate::timestamp::AsOf;
 use crate::types::{DataType, Datum};
@@ -211,6 +212,7 @@ impl Session {
                 schema: &self.schema,
                 user: &self.user,
                 max_result_bytes: self.max_result_bytes,
+                sink: self.row_sink.as_ref(),
             };
             let result = run_statement(&env, plan, &mut open.txn, stmt, params, param_types).await;
             if open.access == Access::ReadOnly {
@@ -261,6 +263,7 @@ impl Session {
                     schema: &self.schema,
                     user: &self.user,
                     max_result_bytes: self.max_result_bytes,
+                    sink: self.row_sink.as_ref(),
                 };
                 match run_statement(&env, plan, &mut txn, stmt, params, param_types).await {
                     Ok(result) => {
@@ -283,7 +286,12 @@ impl Session {
             }
             .await;
             match outcome {
-                Err(e) if e.is_retryable() && attempt < MAX_AUTOCOMMIT_RETRIES => {
+                // Rows already sent cannot be taken back: such a statement is not retried.
+                Err(e)
+                    if e.is_retryable()
+                        && attempt < MAX_AUTOCOMMIT_RETRIES
+                        && !self.row_sink.as_ref().is_some_and(RowSink::used) =>
+                {
                     attempt += 1;
                     tracing::debug!(attempt, error = %e, "retrying autocommit statement");
                     tokio::time::sleep(retry_backoff(attempt)).await;
