@@ -44,7 +44,9 @@ use serde_json::{json, Value};
 use tokio::time::{sleep, timeout, Instant};
 use tokio_postgres::Client;
 
-use super::statements::{describe, rollback, run, Rng, StepError};
+use super::statements::{
+    describe, duration_from_env, rollback, run, seed_from_env, Rng, StepError,
+};
 use super::{ready_cluster, SERVERS};
 
 /// Clients, spread round-robin over the gateways.
@@ -421,25 +423,6 @@ async fn nemesis(shared: Arc<Shared>, mut rng: Rng) -> Vec<String> {
     }
 }
 
-fn duration() -> Duration {
-    let secs = std::env::var(DURATION_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SECS);
-    Duration::from_secs(secs)
-}
-
-fn seed() -> u64 {
-    std::env::var(SEED_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(7, |d| d.as_nanos() as u64)
-        })
-}
-
 /// Creates `lists` and `registers`, splits each at [`SPLIT_POINTS`] and fills them with
 /// [`ROWS`] empty rows.
 async fn create_tables(cluster: &Cluster) {
@@ -582,8 +565,8 @@ fn keep_history(kind: Kind, text: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_anomaly_under_kills_pauses_and_clock_skew() {
-    let length = duration();
-    let seed = seed();
+    let length = duration_from_env(DURATION_ENV, Duration::from_secs(DEFAULT_SECS));
+    let seed = seed_from_env(SEED_ENV);
     println!("anomaly checker: {CLIENTS} clients, {length:?} per workload, seed {seed} (set {SEED_ENV} to repeat)");
     let cluster = Arc::new(ready_cluster().await);
     create_tables(&cluster).await;

@@ -61,7 +61,9 @@ use meridian_tests::{log_tail, retry_until, BoxError, Cluster};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_postgres::Client;
 
-use super::statements::{describe, rollback, run, Rng, StepError};
+use super::statements::{
+    describe, duration_from_env, rollback, run, seed_from_env, Rng, StepError,
+};
 use super::{meridian, text_rows, READY_TIMEOUT, SERVERS};
 
 /// How many accounts, and so the width of a balance vector.
@@ -114,8 +116,8 @@ type Balances = [i64; ACCOUNTS];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_keep_the_books_through_kills() {
-    let duration = workload_duration();
-    let seed = seed();
+    let duration = duration_from_env(DURATION_ENV, DEFAULT_DURATION);
+    let seed = seed_from_env(SEED_ENV);
     println!(
         "bank test: {CLIENTS} clients for {duration:?}, seed {seed} (set {SEED_ENV} to repeat)"
     );
@@ -147,29 +149,6 @@ async fn transfers_keep_the_books_through_kills() {
         verdict.violations.len(),
         verdict.violations.join("\n- ")
     );
-}
-
-fn workload_duration() -> Duration {
-    match std::env::var(DURATION_ENV) {
-        Ok(value) => value
-            .parse::<u64>()
-            .ok()
-            .filter(|&secs| secs > 0)
-            .map(Duration::from_secs)
-            .unwrap_or_else(|| {
-                panic!("{DURATION_ENV}={value:?} is not a positive number of seconds")
-            }),
-        Err(_) => DEFAULT_DURATION,
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var(SEED_ENV) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{SEED_ENV}={value:?} is not a u64")),
-        Err(_) => wall_ns(),
-    }
 }
 
 /// Nanoseconds since the Unix epoch on this machine's clock.

@@ -1,6 +1,6 @@
 //! Statements as the fault suites send them: one simple-protocol statement within a timeout,
 //! its failure classified by what it means for a transaction's outcome, and a seedable random
-//! source for clients' choices.
+//! source for clients' choices, and the suites' settings from the environment.
 
 use std::time::Duration;
 
@@ -116,4 +116,38 @@ impl Rng {
 /// used again (a BEGIN inside a leftover transaction would only warn).
 pub(crate) async fn rollback(connection: &Client) -> bool {
     run(connection, "ROLLBACK").await.is_ok()
+}
+
+/// A workload's length from the environment variable `name` (whole seconds), else `default`.
+///
+/// # Panics
+///
+/// If the variable is set to anything but a positive number of seconds.
+pub(crate) fn duration_from_env(name: &str, default: Duration) -> Duration {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse::<u64>()
+            .ok()
+            .filter(|&secs| secs > 0)
+            .map(Duration::from_secs)
+            .unwrap_or_else(|| panic!("{name}={value:?} is not a positive number of seconds")),
+        Err(_) => default,
+    }
+}
+
+/// A random seed from the environment variable `name`, else from the clock (print it, so a
+/// run can be repeated).
+///
+/// # Panics
+///
+/// If the variable is set to anything but a u64.
+pub(crate) fn seed_from_env(name: &str) -> u64 {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a u64")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64),
+    }
 }

@@ -45,6 +45,39 @@ async fn tablet_client(
         .expect("connect")
 }
 
+/// Moves `tablet`'s replica from `leaving` to `newcomer`: an empty replica there, then one
+/// membership change at the leader (which must accept it).
+async fn move_replica(
+    servers: &[pb::ServerInfo],
+    tablet: &pb::TabletDescriptor,
+    newcomer: u64,
+    leaving: u64,
+) -> pb::ChangeReplicasResponse {
+    tablet_client(servers, newcomer)
+        .await
+        .create_replica(pb::ReplicaDescriptor {
+            group_id: tablet.group_id,
+            start: tablet.start.clone(),
+            end: tablet.end.clone(),
+            replicas: tablet.replicas.clone(),
+            bootstrap: false,
+        })
+        .await
+        .expect("create replica");
+    let resp = tablet_client(servers, tablet.leader_hint)
+        .await
+        .change_replicas(pb::ChangeReplicasRequest {
+            group_id: tablet.group_id,
+            add: vec![newcomer],
+            remove: vec![leaving],
+        })
+        .await
+        .expect("change replicas")
+        .into_inner();
+    assert!(resp.error.is_none(), "{:?}", resp.error);
+    resp
+}
+
 /// How many of `rows` keys of `table` server `i`'s replica holds, read from its engine (the
 /// server must be stopped), and where its group's log now starts.
 fn replica_rows(
@@ -146,28 +179,7 @@ async fn replacing_a_replica_moves_the_group_to_a_new_server() {
         .expect("a follower");
 
     // The new replica starts empty; the leader's snapshot brings it up.
-    tablet_client(&servers, newcomer)
-        .await
-        .create_replica(pb::ReplicaDescriptor {
-            group_id: tablet.group_id,
-            start: tablet.start.clone(),
-            end: tablet.end.clone(),
-            replicas: tablet.replicas.clone(),
-            bootstrap: false,
-        })
-        .await
-        .expect("create replica");
-    let resp = tablet_client(&servers, tablet.leader_hint)
-        .await
-        .change_replicas(pb::ChangeReplicasRequest {
-            group_id: tablet.group_id,
-            add: vec![newcomer],
-            remove: vec![leaving],
-        })
-        .await
-        .expect("change replicas")
-        .into_inner();
-    assert!(resp.error.is_none(), "{:?}", resp.error);
+    let resp = move_replica(&servers, &tablet, newcomer, leaving).await;
     let mut expected: Vec<u64> = tablet
         .replicas
         .iter()
@@ -324,28 +336,7 @@ async fn a_64_mib_tablet_moves_while_other_groups_keep_committing() {
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let moved = Instant::now();
-    tablet_client(&servers, newcomer)
-        .await
-        .create_replica(pb::ReplicaDescriptor {
-            group_id: tablet.group_id,
-            start: tablet.start.clone(),
-            end: tablet.end.clone(),
-            replicas: tablet.replicas.clone(),
-            bootstrap: false,
-        })
-        .await
-        .expect("create replica");
-    let resp = tablet_client(&servers, tablet.leader_hint)
-        .await
-        .change_replicas(pb::ChangeReplicasRequest {
-            group_id: tablet.group_id,
-            add: vec![newcomer],
-            remove: vec![leaving],
-        })
-        .await
-        .expect("change replicas")
-        .into_inner();
-    assert!(resp.error.is_none(), "{:?}", resp.error);
+    move_replica(&servers, &tablet, newcomer, leaving).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let received = loop {
         let text = cluster
