@@ -174,38 +174,38 @@ async fn raw_pgwire(cluster: &Cluster) {
         m.extend_from_slice(&body);
         m
     };
-    let fuzzed = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fuzz/known-upstream/pgwire_frontend/parse-length-shorter-than-fields"),
-    )
-    .expect("the saved fuzzer input");
-    let attacks: [(&str, Vec<u8>); 5] = [
-        ("a truncated startup packet", vec![0, 0, 0, 40, 0, 3]),
-        ("a query message cut short", {
+    let mut attacks: Vec<(String, Vec<u8>)> = vec![
+        ("a truncated startup packet".into(), vec![0, 0, 0, 40, 0, 3]),
+        ("a query message cut short".into(), {
             let mut m = startup.clone();
             m.extend_from_slice(b"Q\0\0\x10\0SELECT");
             m
         }),
-        ("a query message claiming 2 GiB", {
+        ("a query message claiming 2 GiB".into(), {
             let mut m = startup.clone();
             m.extend_from_slice(b"Q\x7f\xff\xff\xff");
             m.extend_from_slice(&[b'x'; 4096]);
             m
         }),
-        (
-            "a Parse whose length is shorter than its fields (pgwire panics)",
-            {
-                let mut m = startup.clone();
-                m.extend_from_slice(&fuzzed);
-                m
-            },
-        ),
-        ("an unknown message type", {
+        ("an unknown message type".into(), {
             let mut m = startup.clone();
             m.extend_from_slice(b"\xee\0\0\0\x08abcd");
             m
         }),
     ];
+    // Every input the fuzzer found to crash pgwire's decoder, as a connection's first bytes
+    // and after a startup.
+    let upstream = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/known-upstream/pgwire_frontend");
+    for entry in std::fs::read_dir(&upstream).expect("fuzz/known-upstream/pgwire_frontend") {
+        let path = entry.expect("a directory entry").path();
+        let bytes = std::fs::read(&path).expect("a saved fuzzer input");
+        let name = path.display().to_string();
+        attacks.push((format!("{name} (pgwire panics) first"), bytes.clone()));
+        let mut after = startup.clone();
+        after.extend_from_slice(&bytes);
+        attacks.push((format!("{name} (pgwire panics) after startup"), after));
+    }
     for (what, bytes) in attacks {
         let mut socket = tokio::net::TcpStream::connect(addr)
             .await
