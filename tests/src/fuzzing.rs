@@ -98,20 +98,36 @@ fn constant_rows(plan: &meridian_sql::plan::Plan) -> Option<Vec<Vec<meridian_sql
     }
 }
 
-/// A client's bytes on a PostgreSQL connection, decoded as pgwire decodes them: once as the
-/// first bytes of a connection (SSL request, startup), once as later messages.
+/// A client's bytes on a PostgreSQL connection, as the server reads them: the first bytes as
+/// pgwire's TLS negotiation does, then frame by frame as checked by
+/// [`meridian_sql::server::frames`] (a connection's first frame in the startup format, or, as
+/// later in a connection, typed frames), each frame that passes decoded by pgwire. The server
+/// ends a connection at the first frame that fails, and so does this.
 pub fn pgwire_frontend(data: &[u8]) {
-    for at_start in [true, false] {
+    use meridian_sql::server::frames::{next_frame, Phase};
+    // TLS negotiation: pgwire looks for an SSL or GSS request in the first eight bytes.
+    let mut buf = BytesMut::from(data);
+    let _ = PgWireFrontendMessage::decode(&mut buf, &DecodeContext::default());
+    for start in [Phase::Startup, Phase::Typed] {
         let mut ctx = DecodeContext::default();
-        ctx.awaiting_frontend_ssl = at_start;
-        ctx.awaiting_frontend_startup = at_start;
-        let mut buf = BytesMut::from(data);
-        // Each decoded message consumes bytes; stop at the first error or incomplete one.
-        for _ in 0..data.len().max(1) {
-            match PgWireFrontendMessage::decode(&mut buf, &ctx) {
-                Ok(Some(_)) if !buf.is_empty() => continue,
-                _ => break,
+        ctx.awaiting_frontend_ssl = false;
+        ctx.awaiting_frontend_startup = start == Phase::Startup;
+        let (mut rest, mut phase) = (data, start);
+        while let Ok(Some((len, next))) = next_frame(rest, phase) {
+            let mut frame = BytesMut::from(&rest[..len]);
+            if let Ok(Some(PgWireFrontendMessage::PasswordMessageFamily(message))) =
+                PgWireFrontendMessage::decode(&mut frame, &ctx)
+            {
+                // The first password message is SCRAM's initial response, later ones its
+                // continuations, as the authentication handler reads them.
+                let _ = match phase {
+                    Phase::Typed => message.into_sasl_initial_response().map(|_| ()),
+                    _ => message.into_sasl_response().map(|_| ()),
+                };
             }
+            ctx.awaiting_frontend_startup = next == Phase::Startup;
+            rest = &rest[len..];
+            phase = next;
         }
     }
 }

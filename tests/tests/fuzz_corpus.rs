@@ -68,6 +68,21 @@ fn every_saved_tablet_rpc_input_runs_cleanly() {
     );
 }
 
+/// The inputs that crash pgwire's decoder when it decodes them unchecked: the server's frame
+/// check refuses them first, so the target (which reads as the server does) survives them.
+#[test]
+fn inputs_that_crash_pgwire_unchecked_are_refused_first() {
+    let dir = fuzz_dir().join("known-upstream/pgwire_frontend");
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/known-upstream/pgwire_frontend") {
+        let path = entry.expect("a directory entry").path();
+        eprintln!("pgwire_frontend: {}", path.display());
+        fuzzing::pgwire_frontend(&std::fs::read(&path).expect("a saved input"));
+        replayed += 1;
+    }
+    assert!(replayed >= 5, "only {replayed} known-upstream inputs");
+}
+
 #[test]
 fn hostile_inputs_run_cleanly() {
     let chain = format!("SELECT {}", vec!["1"; 300_000].join("+"));

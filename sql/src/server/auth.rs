@@ -134,14 +134,22 @@ fn fatal(code: &str, message: String) -> PgWireError {
 pub struct Startup {
     pub(super) gate: Arc<Gatekeeper>,
     pub(super) conn: Arc<Connection>,
+    /// The user the client's TLS certificate names, once TLS is up and if it presented one
+    /// (rustls already checked that the cluster's CA signed it).
+    pub(super) certificate_user: std::sync::OnceLock<String>,
 }
 
 impl Startup {
-    /// The user the client certificate names, if the client presented one (rustls already
-    /// checked that the cluster's CA signed it).
-    fn certificate_user<C: ClientInfo>(client: &C) -> Option<String> {
-        let der = client.client_certificates()?.first()?;
-        meridian_security::tls::common_name(der.as_ref())
+    /// Records the client certificate of the connection's TLS session (`der`, the first of
+    /// the chain it presented).
+    pub(super) fn set_client_certificate(&self, der: &[u8]) {
+        if let Some(name) = meridian_security::tls::common_name(der) {
+            let _ = self.certificate_user.set(name);
+        }
+    }
+
+    fn certificate_user(&self) -> Option<String> {
+        self.certificate_user.get().cloned()
     }
 }
 
@@ -178,7 +186,7 @@ impl StartupHandler for Startup {
                             .into(),
                     ));
                 }
-                if let Some(named) = Self::certificate_user(client) {
+                if let Some(named) = self.certificate_user() {
                     if named != user {
                         return Err(fatal(
                             "28000",

@@ -107,6 +107,7 @@ impl Handlers {
         let startup = Arc::new(Startup {
             gate,
             conn: conn.clone(),
+            certificate_user: std::sync::OnceLock::new(),
         });
         Handlers { conn, startup }
     }

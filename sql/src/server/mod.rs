@@ -20,13 +20,16 @@
 //!   protocol skips to Sync as PostgreSQL does); ReadyForQuery reports the session's real
 //!   transaction status (idle, in transaction, failed).
 //!
-//! A panic while serving one connection (pgwire's decoder has one on malformed frames) ends
-//! that connection only.
+//! Every frame is checked before pgwire decodes it (`frames`: pgwire's decoder panics on some
+//! malformed frames); a bad one is answered with FATAL 08P01. A panic while serving one
+//! connection would end that connection only.
 //!
 //! Not supported: COPY, cancel requests, the `pg_catalog` tables psql's `\d` commands query.
 
 pub mod auth;
 mod codec;
+mod connection;
+pub mod frames;
 mod handler;
 
 pub use auth::Security;
@@ -102,13 +105,11 @@ pub async fn serve(
                 let _permit = permit;
                 tracing::debug!("connection opened");
                 let handlers = handler::Handlers::new(connection.clone(), gate);
-                // pgwire's message decoder panics on some malformed frames (a declared length
-                // shorter than the fields it holds; found by fuzzing, fuzz/known-upstream/):
-                // such a panic ends this connection only, and its session is closed as usual.
-                let served = AssertUnwindSafe(pgwire::tokio::process_socket(
-                    socket, acceptor, handlers,
-                ))
-                .catch_unwind();
+                // Frames are checked before pgwire decodes them (`frames`), so its decoder's
+                // panics on malformed frames (fuzz/known-upstream/) cannot be reached; should a
+                // panic happen anyway, it ends this connection only.
+                let served =
+                    AssertUnwindSafe(connection::serve(socket, acceptor, handlers)).catch_unwind();
                 tokio::select! {
                     result = served => match result {
                         Ok(Ok(())) => {}
@@ -116,7 +117,7 @@ pub async fn serve(
                             tracing::debug!(%error, "connection ended with an error");
                         }
                         Err(_) => {
-                            tracing::warn!("a malformed message broke the protocol decoder; connection closed");
+                            tracing::error!("a panic while serving a connection; connection closed");
                         }
                     },
                     _ = stop.recv() => {}
