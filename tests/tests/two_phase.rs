@@ -334,3 +334,55 @@ async fn an_idle_interactive_transaction_keeps_its_locks() {
     );
     cluster.shutdown().await;
 }
+
+/// A leader whose lease lapses and is renewed within its term keeps its lock table: a
+/// transaction that read under the old lease commits under the renewed one (its shared lock,
+/// and the epoch it was taken in, still stand). The lapse is made by moving the leader's clock
+/// past its lease's end; Raft's heartbeats go on, so no election happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_renewed_in_its_term_keeps_the_lock_table() {
+    use meridian_truetime::SimulatedClock;
+    common::init_tracing();
+    let lease = Duration::from_secs(2);
+    let clocks: Vec<std::sync::Arc<SimulatedClock>> = (0..3)
+        .map(|_| std::sync::Arc::new(SimulatedClock::new(0, Duration::from_millis(1))))
+        .collect();
+    let configs = clocks
+        .iter()
+        .map(|clock| common::NodeConfig {
+            tt: clock.clone(),
+            lease,
+            ..common::NodeConfig::default()
+        })
+        .collect();
+    let cluster = Cluster::start_with(configs).await;
+    let store = cluster.store();
+    let table = cluster.create_table(&store).await;
+    let k = key(table, 1);
+    put(&store, &k, b"before").await.expect("write");
+    let leader = leader_index(&cluster, table).await;
+
+    let mut t = store.begin(None);
+    assert_eq!(
+        t.get(&k).await.expect("read under the first lease"),
+        Some(b"before".to_vec())
+    );
+    clocks[leader].set_offset_ns((lease + Duration::from_secs(1)).as_nanos() as i64);
+    // The lease is past; the leader renews it at its next round, in the same term.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        leader_index(&cluster, table).await,
+        leader,
+        "the leader stayed the leader"
+    );
+    t.put(k.clone(), b"after".to_vec())
+        .expect("a write within the limits");
+    t.commit()
+        .await
+        .expect("the read lock taken under the old lease still stands");
+    assert_eq!(
+        get(&store, &k).await.expect("read"),
+        Some(b"after".to_vec())
+    );
+    cluster.shutdown().await;
+}
