@@ -3,6 +3,9 @@
 //! under it reads them, through a bounded channel ([`RowSink`]) that the connection drains
 //! into the socket; a slow client holds the scan back rather than filling memory.
 //!
+//! A result that fits in one page ([`PAGE_SIZE`] rows) is returned whole instead ([`Outcome`]),
+//! so a point read or a short scan costs what it did before results streamed.
+//!
 //! What streams is what needs none of its input held: a scan, the filters and projections
 //! over it, and a LIMIT/OFFSET on top ([`Pipeline`]). Anything else (a sort, aggregation,
 //! DISTINCT, VALUES) runs materialized ([`super::run`], bounded by `max_result_bytes`) and its
@@ -61,7 +64,18 @@ impl RowSink {
     }
 }
 
-/// Sends `columns`, then the rows of the query `plan` in pages; returns how many rows went.
+/// How a streamed query's result went.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It fit in one page, which is returned rather than sent (nothing went to the sink): a
+    /// point read or a short scan costs no more than a statement that does not stream.
+    Held(Vec<Row>),
+    /// Its columns and this many rows went to the sink.
+    Sent(usize),
+}
+
+/// Runs the query `plan`: a result of one page comes back whole; a longer one goes to `sink`,
+/// its `columns` first, then its rows a page at a time.
 pub async fn stream(
     plan: &Plan,
     columns: Vec<OutputColumn>,
@@ -69,29 +83,49 @@ pub async fn stream(
     params: &[Datum],
     max_bytes: usize,
     sink: &RowSink,
-) -> Result<usize> {
-    sink.send(Streamed::Columns(columns)).await?;
-    let mut sent = 0;
-    match Pipeline::build(plan, params)? {
-        Some(mut pipeline) => {
-            while let Some(rows) = pipeline.next(txn, params).await? {
-                if !rows.is_empty() {
-                    sent += rows.len();
-                    sink.send(Streamed::Rows(rows)).await?;
+) -> Result<Outcome> {
+    let Some(mut pipeline) = Pipeline::build(plan, params)? else {
+        let rows = run(plan, txn, params, None, max_bytes).await?;
+        if rows.len() <= PAGE_SIZE {
+            return Ok(Outcome::Held(rows));
+        }
+        sink.send(Streamed::Columns(columns)).await?;
+        let (mut rows, mut sent) = (rows, 0);
+        while !rows.is_empty() {
+            let rest = rows.split_off(rows.len().min(PAGE_SIZE));
+            sent += rows.len();
+            sink.send(Streamed::Rows(rows)).await?;
+            rows = rest;
+        }
+        return Ok(Outcome::Sent(sent));
+    };
+    // Hold rows until a page's worth (pages may come back empty when a filter drops every
+    // row): a result that ends before is returned whole.
+    let mut first = Vec::new();
+    let more = loop {
+        match pipeline.next(txn, params).await? {
+            None => break false,
+            Some(rows) => {
+                first.extend(rows);
+                if first.len() >= PAGE_SIZE {
+                    break true;
                 }
             }
         }
-        None => {
-            let mut rows = run(plan, txn, params, None, max_bytes).await?;
-            while !rows.is_empty() {
-                let rest = rows.split_off(rows.len().min(PAGE_SIZE));
-                sent += rows.len();
-                sink.send(Streamed::Rows(rows)).await?;
-                rows = rest;
-            }
+    };
+    if !more {
+        return Ok(Outcome::Held(first));
+    }
+    sink.send(Streamed::Columns(columns)).await?;
+    let mut sent = first.len();
+    sink.send(Streamed::Rows(first)).await?;
+    while let Some(rows) = pipeline.next(txn, params).await? {
+        if !rows.is_empty() {
+            sent += rows.len();
+            sink.send(Streamed::Rows(rows)).await?;
         }
     }
-    Ok(sent)
+    Ok(Outcome::Sent(sent))
 }
 
 /// A query run a page at a time: the shapes that hold none of their input.

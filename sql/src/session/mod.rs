@@ -612,12 +612,17 @@ async fn run_statement(
     let output = match sink {
         Some(sink) if planned.kind == crate::binder::StatementKind::Select => {
             let columns = planned.columns.clone().unwrap_or_default();
-            let count =
-                stream::stream(&planned.plan, columns, txn, &params, max_result_bytes, sink)
-                    .await?;
-            ExecOutput {
-                rows: Vec::new(),
-                count,
+            match stream::stream(&planned.plan, columns, txn, &params, max_result_bytes, sink)
+                .await?
+            {
+                stream::Outcome::Held(rows) => ExecOutput {
+                    count: rows.len(),
+                    rows,
+                },
+                stream::Outcome::Sent(count) => ExecOutput {
+                    rows: Vec::new(),
+                    count,
+                },
             }
         }
         _ => execute(&planned.plan, txn, &params, max_result_bytes).await?,
