@@ -253,6 +253,8 @@ pub async fn run(
     stop_within_grace(grpc).await;
     driver.send(Event::Shutdown);
     let _ = tokio::task::spawn_blocking(move || driver_thread.join()).await;
+    // Offered snapshots and transfers hold engine views.
+    transport.clear_snapshots();
     engine_slot.close();
     // In-flight reads finish quickly; after them this is the last reference, and dropping it
     // closes RocksDB.

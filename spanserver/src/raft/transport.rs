@@ -74,6 +74,8 @@ pub struct Transport {
     snapshots: Mutex<HashMap<GroupId, Offered>>,
     reports: Mutex<Vec<SnapshotReport>>,
     streaming: Arc<Semaphore>,
+    /// Transfers under way (finished ones are pruned as new ones start).
+    transfers: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Transport {
@@ -87,7 +89,17 @@ impl Transport {
             snapshots: Mutex::new(HashMap::new()),
             reports: Mutex::new(Vec::new()),
             streaming: Arc::new(Semaphore::new(MAX_CONCURRENT_SNAPSHOTS)),
+            transfers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Drops every offered snapshot and stops every transfer (server shutdown): each holds an
+    /// engine view, and so the engine.
+    pub fn clear_snapshots(&self) {
+        self.snapshots.lock().clear();
+        for transfer in self.transfers.lock().drain(..) {
+            transfer.abort();
+        }
     }
 
     /// Makes `source` the data of `group`'s snapshot at `index`, replacing any older one.
@@ -156,7 +168,7 @@ impl Transport {
     /// Streams a snapshot message and its data in a task of its own, then reports how it went.
     fn send_snapshot(self: &Arc<Self>, group: GroupId, msg: Message) {
         let transport = self.clone();
-        self.runtime.spawn(async move {
+        let task = self.runtime.spawn(async move {
             let to = msg.to;
             let started = Instant::now();
             let outcome =
@@ -185,6 +197,9 @@ impl Transport {
                 delivered,
             });
         });
+        let mut transfers = self.transfers.lock();
+        transfers.retain(|t| !t.is_finished());
+        transfers.push(task.abort_handle());
     }
 
     /// One snapshot transfer; returns the bytes of data sent.
@@ -194,9 +209,11 @@ impl Transport {
             Some(offered) if offered.index == index => offered.source.clone(),
             _ => return Err(format!("the data of the snapshot at {index} is gone")),
         };
-        let _permit = self
+        // Held by the reading thread, which may outlive this future (a timeout, an abort).
+        let permit = self
             .streaming
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| format!("transport closed: {e}"))?;
         let to = ServerId(msg.to);
@@ -223,6 +240,7 @@ impl Transport {
             .await
             .map_err(|_| "the stream closed".to_string())?;
         let producer = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+            let _permit = permit;
             let mut bytes = 0;
             for chunk in source.chunks() {
                 let data = chunk?;

@@ -84,9 +84,11 @@ fn check_startup(body: &[u8]) -> Result<Phase, String> {
             Ok(Phase::Startup)
         }
         CANCEL_REQUEST => {
+            // The process id, then the secret key: 4 bytes, or up to 256 in protocol 3.2.
             r.u32()?;
-            r.u32()?;
-            r.end()?;
+            if !(4..=256).contains(&r.0.len()) {
+                return Err(format!("a cancel key of {} bytes", r.0.len()));
+            }
             Ok(Phase::Startup)
         }
         code if code >> 16 == PROTOCOL_3 >> 16 => {
@@ -205,11 +207,10 @@ impl Fields<'_> {
         self.u32().map(|v| v as i32)
     }
 
-    /// A 16-bit element count, which must not be negative.
+    /// A 16-bit element count (unsigned: up to 65535 parameters).
     fn count(&mut self) -> Result<usize, String> {
         let b = self.take(2)?;
-        let n = i16::from_be_bytes([b[0], b[1]]);
-        usize::try_from(n).map_err(|_| format!("a negative count ({n})"))
+        Ok(u16::from_be_bytes([b[0], b[1]]) as usize)
     }
 
     /// A NUL-terminated string, without its NUL.
@@ -367,6 +368,14 @@ mod tests {
         assert!(matches!(next_frame(&bind, Phase::Typed), Ok(Some(_))));
         let null_param = typed(b'B', b"\0\0\0\0\0\x01\xff\xff\xff\xff\0\0");
         assert!(matches!(next_frame(&null_param, Phase::Typed), Ok(Some(_))));
+        // 40,000 parameters: counts are unsigned.
+        let mut many = b"s\0INSERT\0".to_vec();
+        many.extend_from_slice(&40_000u16.to_be_bytes());
+        many.extend_from_slice(&vec![0u8; 40_000 * 4]);
+        assert!(matches!(
+            next_frame(&typed(b'P', &many), Phase::Typed),
+            Ok(Some(_))
+        ));
         for body_less in [b'S', b'H', b'X', b'c'] {
             assert!(matches!(
                 next_frame(&typed(body_less, b""), Phase::Typed),
@@ -384,6 +393,7 @@ mod tests {
         // Fields past the declared length: a Parse cut before its type count.
         assert!(next_frame(&typed(b'P', b"s\0SELECT 1\0"), Phase::Typed).is_err());
         assert!(next_frame(&typed(b'P', b"s\0q\0\0\x02\0\0\0\x17"), Phase::Typed).is_err());
+        // 65535 parameter types (the count is unsigned), but none of them there.
         assert!(next_frame(&typed(b'P', b"s\0q\0\xff\xff"), Phase::Typed).is_err());
         assert!(next_frame(&typed(b'Q', b"no terminator"), Phase::Typed).is_err());
         assert!(next_frame(&typed(b'Q', b"two\0strings\0"), Phase::Typed).is_err());
@@ -448,5 +458,14 @@ mod tests {
             next_frame(&cancel, Phase::Startup),
             Ok(Some((16, Phase::Startup)))
         );
+        // Protocol 3.2's longer keys.
+        let mut long_key = vec![0, 0, 0, 44, 4, 210, 22, 46];
+        long_key.extend_from_slice(&[0; 36]);
+        assert!(matches!(
+            next_frame(&long_key, Phase::Startup),
+            Ok(Some((44, Phase::Startup)))
+        ));
+        let short_key = [0, 0, 0, 14, 4, 210, 22, 46, 0, 0, 0, 1, 0, 0];
+        assert!(next_frame(&short_key, Phase::Startup).is_err());
     }
 }
