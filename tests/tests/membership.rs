@@ -102,26 +102,37 @@ fn replica_rows(
     (present, truncated)
 }
 
+/// Commits the writes `fill` buffers, retrying a failed commit up to 20 times.
+async fn commit_retrying(
+    store: &meridian_kv::Client,
+    what: &str,
+    fill: impl Fn(&mut meridian_kv::ReadWriteTxn),
+) {
+    let mut attempt = 0;
+    loop {
+        let mut t = store.begin(None);
+        fill(&mut t);
+        match t.commit().await {
+            Ok(_) => return,
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(error = %e, what, "retrying a commit");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
 async fn write_rows(store: &meridian_kv::Client, table: u32, rows: std::ops::Range<u32>) {
     // Several writers so the test does not take rows × one commit's latency.
     let rows: Vec<u32> = rows.collect();
     for chunk in rows.chunks(8) {
-        let writes = chunk.iter().map(|r| async move {
-            let mut attempt = 0;
-            loop {
-                let mut t = store.begin(None);
+        let writes = chunk.iter().map(|r| {
+            commit_retrying(store, "write a row", move |t| {
                 t.put(key(table, *r), format!("row {r}").into_bytes())
                     .expect("a write within the limits");
-                match t.commit().await {
-                    Ok(_) => return,
-                    Err(e) if attempt < 20 => {
-                        attempt += 1;
-                        tracing::debug!(error = %e, "retrying a write");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("write {r}: {e}"),
-                }
-            }
+            })
         });
         futures::future::join_all(writes).await;
     }
@@ -230,25 +241,14 @@ async fn load_values(
         .map(|s| s..(s + per_commit).min(rows))
         .collect();
     for group in batches.chunks(4) {
-        let commits = group.iter().map(|batch| async move {
-            let mut attempt = 0;
-            loop {
-                let mut t = store.begin(None);
+        let commits = group.iter().map(|batch| {
+            commit_retrying(store, "load rows", move |t| {
                 for r in batch.clone() {
                     let mut value = vec![(r % 251) as u8; value_len];
                     value[..4].copy_from_slice(&r.to_be_bytes());
                     t.put(key(table, r), value).expect("within the limits");
                 }
-                match t.commit().await {
-                    Ok(_) => return,
-                    Err(e) if attempt < 20 => {
-                        attempt += 1;
-                        tracing::debug!(error = %e, "retrying a load");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("load {batch:?}: {e}"),
-                }
-            }
+            })
         });
         futures::future::join_all(commits).await;
     }
