@@ -58,6 +58,12 @@ async fn psql(psql: &Path, conninfo: &str, password: Option<&str>, sql: &str) ->
         .expect("run psql")
 }
 
+/// Asserts that the command failed and said `why` (case aside).
+fn refused(out: &Output, why: &str) {
+    assert!(!out.status.success(), "{}", text(out));
+    assert!(text(out).to_lowercase().contains(why), "{}", text(out));
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -147,26 +153,12 @@ async fn secure_cluster_needs_tls_and_a_certificate_or_password() {
 
     // A wrong password, no TLS, and user DDL by a non-administrator are each refused.
     let out = psql(&psql_bin, &as_alice, Some("wrong"), "SELECT 1").await;
-    assert!(!out.status.success());
-    assert!(
-        text(&out)
-            .to_lowercase()
-            .contains("password authentication failed"),
-        "{}",
-        text(&out)
-    );
+    refused(&out, "password authentication failed");
 
     // A user that does not exist fails the same way, so logins do not reveal who exists.
     let as_nobody = format!("{base} user=nobody sslmode=verify-full");
     let out = psql(&psql_bin, &as_nobody, Some("correct horse"), "SELECT 1").await;
-    assert!(!out.status.success());
-    assert!(
-        text(&out)
-            .to_lowercase()
-            .contains("password authentication failed"),
-        "{}",
-        text(&out)
-    );
+    refused(&out, "password authentication failed");
 
     let plain = format!("host=127.0.0.1 port={port} dbname=meridian user=alice sslmode=disable");
     let out = psql(&psql_bin, &plain, Some("correct horse"), "SELECT 1").await;

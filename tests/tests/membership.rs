@@ -45,6 +45,19 @@ async fn tablet_client(
         .expect("connect")
 }
 
+/// Of four servers, the one without `tablet`, and one of its followers.
+fn newcomer_and_follower(tablet: &pb::TabletDescriptor) -> (u64, u64) {
+    let newcomer = (1..=4u64)
+        .find(|s| !tablet.replicas.contains(s))
+        .expect("a server without the tablet");
+    let leaving = *tablet
+        .replicas
+        .iter()
+        .find(|r| **r != tablet.leader_hint)
+        .expect("a follower");
+    (newcomer, leaving)
+}
+
 /// Moves `tablet`'s replica from `leaving` to `newcomer`: an empty replica there, then one
 /// membership change at the leader (which must accept it).
 async fn move_replica(
@@ -180,14 +193,7 @@ async fn replacing_a_replica_moves_the_group_to_a_new_server() {
     let table = cluster.create_table(&store).await;
     write_rows(&store, table, 0..50).await;
     let (tablet, servers) = tablet_of(&cluster.pd_addr, table).await;
-    let newcomer = (1..=4u64)
-        .find(|s| !tablet.replicas.contains(s))
-        .expect("a server without the tablet");
-    let leaving = *tablet
-        .replicas
-        .iter()
-        .find(|r| **r != tablet.leader_hint)
-        .expect("a follower");
+    let (newcomer, leaving) = newcomer_and_follower(&tablet);
 
     // The new replica starts empty; the leader's snapshot brings it up.
     let resp = move_replica(&servers, &tablet, newcomer, leaving).await;
@@ -321,14 +327,7 @@ async fn a_64_mib_tablet_moves_while_other_groups_keep_committing() {
     const VALUE: usize = 256 << 10;
     load_values(&store, big, ROWS, VALUE, 8).await;
     let (tablet, servers) = tablet_of(&cluster.pd_addr, big).await;
-    let newcomer = (1..=4u64)
-        .find(|s| !tablet.replicas.contains(s))
-        .expect("a server without the tablet");
-    let leaving = *tablet
-        .replicas
-        .iter()
-        .find(|r| **r != tablet.leader_hint)
-        .expect("a follower");
+    let (newcomer, leaving) = newcomer_and_follower(&tablet);
 
     let stop = Arc::new(AtomicBool::new(false));
     let others = tokio::spawn(commit_until(cluster.store(), busy.clone(), stop.clone()));

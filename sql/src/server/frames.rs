@@ -24,6 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// 8 MiB; COPY data comes in frames of its own).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 8192;
+
 /// Protocol 3.0's startup code, and the codes of the requests sent in its place.
 const PROTOCOL_3: u32 = 196_608;
 const CANCEL_REQUEST: u32 = 80_877_102;
@@ -298,14 +301,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Validating<T> {
             if !this.ready.is_empty() {
                 continue;
             }
-            let mut chunk = [0u8; 8192];
-            let mut read = ReadBuf::new(&mut chunk);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
+            this.pending.reserve(READ_CHUNK);
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.inner),
+                cx,
+                &mut this.pending
+            ))?;
+            if read == 0 {
                 // End of stream: a partial frame left over is dropped, as the peer is gone.
                 return Poll::Ready(Ok(()));
             }
-            this.pending.extend_from_slice(read.filled());
         }
     }
 }
